@@ -1,0 +1,122 @@
+"""DPO policy (``fairhpc train-dpo``): the implicit reward margin
+beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))] feeds the DPO utility and the
+fairness objective (dpo, fr, fc; docs/method.md).
+
+The frozen reference is the initial policy (tiny models) or ``model.ref_name_or_path``.  With
+``train.precompute_ref`` its log-probs of every example are computed once after the engine starts,
+cached in RUN/ref_logps_<split>.pt, and the reference is freed; otherwise it runs in every step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fairhpc.tasks.preference import PreferenceTask, stack_pair
+
+
+class DPOTask(PreferenceTask):
+    name = "dpo"
+    description = "a fair DPO policy"
+    loss_kind = "dpo"
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__(cfg, tokenizer)
+        self.ref_model = None
+        self.ref_cache: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def build_tiny(tiny_cfg, tokenizer, attn):
+        from fairhpc.models import build_tiny_policy
+
+        return build_tiny_policy(tiny_cfg, tokenizer, attn)
+
+    @staticmethod
+    def load_pretrained(name_or_path, dtype, attn_implementation, tokenizer):
+        from fairhpc.models import load_policy
+
+        return load_policy(name_or_path, dtype=dtype, attn_implementation=attn_implementation, tokenizer=tokenizer)
+
+    # ---- the reference
+    def before_engine(self, engine, model) -> None:
+        """The frozen reference: a copy of the initial policy, or model.ref_name_or_path."""
+        import copy
+
+        import deepspeed
+
+        from fairhpc.models import resolve_attn_implementation
+
+        m = self.cfg.model
+        if m.name_or_path == "tiny" and m.ref_name_or_path in (None, "tiny"):
+            ref = copy.deepcopy(model)  # the reference is the initial policy
+        else:
+            ref = self.load_pretrained(m.ref_name_or_path or m.name_or_path,
+                                       dtype=torch.bfloat16 if engine.precision == "bf16" else None,
+                                       attn_implementation=resolve_attn_implementation(m.attn_implementation, engine.device),
+                                       tokenizer=self.tokenizer)
+        ref.requires_grad_(False).eval()
+        if self.cfg.train.zero_stage == 3:
+            # a ZeRO-3 inference engine shards the frozen reference like the policy
+            ref = deepspeed.initialize(model=ref, config=engine.ds_config(zero_stage=3))[0]
+            ref.eval()
+            self.ref_model = ref
+        else:
+            self.ref_model = ref.to(engine.device)
+
+    def setup(self, engine) -> None:
+        if not self.cfg.train.precompute_ref:
+            return
+        self.ref_cache["train"] = self._ref_logps_cached(engine, "train", engine.train_ds)
+        if engine.eval_ds is not None:
+            self.ref_cache["eval"] = self._ref_logps_cached(engine, "eval", engine.eval_ds)
+        self.ref_model = None  # freed: its log-probs are all we need
+
+    @torch.no_grad()
+    def _ref_logps(self, ids, mask, labels):
+        from fairhpc.models import sequence_logps
+
+        return sequence_logps(self.ref_model, ids, mask, labels)
+
+    def _ref_pair_logps(self, engine, batch) -> torch.Tensor:
+        """[b, 2] reference log-probs (chosen, rejected) of a batch."""
+        lp = self._ref_logps(*stack_pair(batch, self.pad_id, engine.device))
+        b = batch["index"].shape[0]
+        return torch.stack([lp[:b], lp[b:]], 1)
+
+    def _ref_logps_cached(self, engine, split: str, ds) -> torch.Tensor:
+        """[N, 2] reference log-probs (chosen, rejected) of every example, computed once on all ranks."""
+        path = engine.run.ref_logps(split)
+        if path.exists():
+            cached = torch.load(path)
+            if cached.shape[0] == len(ds):
+                return cached
+        table = engine.gather_by_index(ds, lambda batch: self._ref_pair_logps(engine, batch),
+                                       desc=f"reference log-probs ({split})", fill=0.0)
+        if engine.is_main:
+            tmp = path.with_suffix(".tmp")
+            torch.save(table, tmp)
+            os.replace(tmp, path)
+        return table
+
+    # ---- the objective
+    def margin_inputs(self, engine, model, batch, split):
+        from fairhpc.models import sequence_logps
+
+        ids, mask, labels = stack_pair(batch, self.pad_id, engine.device)
+        b = batch["chosen_input_ids"].shape[0]
+        lp = sequence_logps(model, ids, mask, labels)  # [2B]
+        if self.ref_cache:
+            ref = self.ref_cache[split][batch["index"]].to(engine.device)
+            rc, rr = ref[:, 0], ref[:, 1]
+        else:
+            ref = self._ref_logps(ids, mask, labels)
+            rc, rr = ref[:b], ref[b:]
+        return lp[:b], lp[b:], rc, rr
+
+    def margins(self, inputs) -> torch.Tensor:
+        pc, pr, rc, rr = inputs
+        return self.cfg.objective.beta * ((pc - rc) - (pr - rr))
+
+
+TASK = DPOTask

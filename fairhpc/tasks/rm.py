@@ -1,0 +1,43 @@
+"""Reward model (``fairhpc train-rm``): a scalar head scores chosen and rejected responses; the margin
+r_chosen - r_rejected feeds the Bradley-Terry utility and the fairness objective (bt, fr, fc;
+docs/method.md)."""
+
+from __future__ import annotations
+
+import torch
+
+from fairhpc.tasks.preference import PreferenceTask, stack_pair
+
+
+class RewardModelTask(PreferenceTask):
+    name = "rm"
+    description = "a fair reward model"
+    loss_kind = "rm"
+
+    @staticmethod
+    def build_tiny(tiny_cfg, tokenizer, attn):
+        from fairhpc.models import build_tiny_reward_model
+
+        return build_tiny_reward_model(tiny_cfg, tokenizer, attn)
+
+    @staticmethod
+    def load_pretrained(name_or_path, dtype, attn_implementation, tokenizer):
+        from fairhpc.models import load_reward_model
+
+        return load_reward_model(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                 tokenizer=tokenizer)
+
+    def margin_inputs(self, engine, model, batch, split):
+        from fairhpc.models import sequence_rewards
+
+        ids, mask, _ = stack_pair(batch, self.pad_id, engine.device)
+        b = batch["chosen_input_ids"].shape[0]
+        r = sequence_rewards(model, ids, mask)  # [2B]
+        return r[:b], r[b:]
+
+    def margins(self, inputs) -> torch.Tensor:
+        chosen, rejected = inputs
+        return chosen - rejected
+
+
+TASK = RewardModelTask
