@@ -2,10 +2,11 @@
 #
 #   snakemake --cores 2                  the embedded default (config.yaml): offline, tiny models, CPU
 #   snakemake --profile slurm            the same on SLURM (partition/account: profiles/slurm/config.yaml)
-#   snakemake --profile slurm --configfile configs/paper/rm.yaml      a paper grid
+#   snakemake --profile slurm --configfile configs/grids/rm.yaml      a paper grid
 #   snakemake --report report.html       the HTML report of the tables and plots
 #
-# The grid, its validation and every helper live in rules/common.smk; one file per stage below.
+# The grid, its checks, run names, resources and commands are fairhpc/workflow.py (unit-tested in
+# tests/test_workflow_units.py); rules/common.smk hands them to the rules, one file per stage below.
 
 import os
 
@@ -21,9 +22,9 @@ report: "rules/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/ops.smk"
 include: "rules/data.smk"
-include: "rules/rm.smk"
-include: "rules/dpo.smk"
+include: "rules/train.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
 include: "rules/bench.smk"
@@ -34,20 +35,19 @@ wildcard_constraints:
     dataset=r"[^/]+",
     point=r"[^/]+",
     grid=r"[^/]+",
-    bench=r"[^/]+",
+    benchmark=r"[^/]+",
 
 
+# jobs that take seconds run on the submitting host, not as cluster jobs
 localrules:
     all,
     make_data,
     prepare_data,
-    report_run_rm,
-    report_run_dpo,
     report_study,
-    report_benchmark,
+    report_bias_benchmark,
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
+        PLAN.targets(),

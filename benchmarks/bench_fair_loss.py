@@ -1,11 +1,14 @@
-"""Microbenchmark of the fairness loss: torch reference (eager), torch.compile of it, fused Triton kernel.
+"""Microbenchmark of the fairness loss: torch reference (eager float64 and float32), torch.compile, fused kernel.
 
     python benchmarks/bench_fair_loss.py --csv results/bench/fair_loss.csv --png results/bench/fair_loss.png
 
 For every (kind, provider, mode, batch size) point one CSV row: p20/p50/p80 time in ms
 (triton.testing.do_bench: L2 flushed before each run), CUDA kernel launches of one call
 (torch.profiler), peak extra memory, the error against a float64 evaluation of the reference on the same
-inputs, and the device, torch/triton versions, git revision and date.  Modes: ``forward`` (training
+inputs, and the device, torch/triton versions, git revision and date.  Providers: ``torch_fp64`` (the
+float64 reference of fairhpc.losses, eager), ``torch_fp32`` (the same formula in float32, eager: the kernel's
+precision, so its speed-up is not partly float64 against float32), ``torch_compile_fp32`` (torch.compile of
+the float32 formula, CUDA only) and ``triton`` (the fused kernel).  Modes: ``forward`` (training
 forward, inputs require grad: the fused kernel computes the gradient here), ``backward`` (backward of a
 kept graph), ``full`` (forward + backward).
 
@@ -28,7 +31,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROVIDERS = ("torch", "torch_compile", "triton")
+PROVIDERS = ("torch_fp64", "torch_fp32", "torch_compile_fp32", "triton")
 MODES = ("forward", "backward", "full")
 DEFAULT_SIZES = "8,64,512,4096,32768,262144,1048576"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -49,7 +52,7 @@ def parse_args(argv=None):
                    help="without CUDA, sizes above this are skipped (the interpreter is slow)")
     p.add_argument("--kinds", default="rm,dpo", help="rm and/or dpo")
     p.add_argument("--providers", default=",".join(PROVIDERS),
-                   help=f"subset of {','.join(PROVIDERS)} (torch_compile is skipped on CPU)")
+                   help=f"subset of {','.join(PROVIDERS)} (torch_compile_fp32 is skipped on CPU)")
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     p.add_argument("--objective", default="fr", help="objective.mode (bt/dpo, fr, fc)")
     p.add_argument("--tau", type=float, default=-1.0, help="objective.tau")
@@ -116,19 +119,21 @@ def rel_err(a, b) -> float:
 
 
 def build_providers(args, cfg, kind, device):
-    from fairhpc.losses import dpo_loss, rm_loss
+    import torch
+
+    from fairhpc.losses import LossOutput, dpo_loss, kernel_spec, rm_loss
 
     ref = rm_loss if kind == "rm" else dpo_loss
-    fns = {"torch": lambda *t: ref(*t, cfg=cfg)}
-    if "torch_compile" in args.providers and device.type == "cuda":
-        import torch
-
-        fns["torch_compile"] = torch.compile(functools.partial(ref, cfg=cfg))
+    fns = {"torch_fp64": functools.partial(ref, cfg=cfg, dtype=torch.float64),
+           "torch_fp32": functools.partial(ref, cfg=cfg, dtype=torch.float32)}
+    if "torch_compile_fp32" in args.providers and device.type == "cuda":
+        fns["torch_compile_fp32"] = torch.compile(fns["torch_fp32"])
     if "triton" in args.providers:
         from fairhpc_kernels import fair_loss as fl
 
-        fl.check_supported(cfg, getattr(__import__("torch"), args.dtype), device)
-        fns["triton"] = lambda *t: fl.fused_loss(kind, *t, cfg=cfg)
+        fl.check_supported(getattr(torch, args.dtype), device)
+        spec = kernel_spec(cfg)
+        fns["triton"] = lambda *t: LossOutput(*fl.fused_loss(kind, *t, spec=spec))
     return {k: v for k, v in fns.items() if k in args.providers}
 
 
@@ -244,7 +249,7 @@ def plot(path: Path, rows, on_cuda: bool) -> None:
 
     kinds = sorted({r["kind"] for r in rows})
     providers = [p for p in PROVIDERS if any(r["provider"] == p for r in rows)]
-    colors = dict(zip(PROVIDERS, ("tab:blue", "tab:orange", "tab:green")))
+    colors = dict(zip(PROVIDERS, ("tab:blue", "tab:purple", "tab:orange", "tab:green")))
     head = rows[0] if rows else {}
     title = (f"fair loss ({head.get('objective')}, tau={head.get('tau')}, {head.get('dtype')}) on "
              f"{head.get('device')}; torch {head.get('torch')}, triton {head.get('triton')}, "
@@ -320,9 +325,9 @@ def main(argv=None) -> int:
     if not on_cuda:
         skipped = [s for s in sizes if s > args.cpu_max_size]
         sizes = [s for s in sizes if s <= args.cpu_max_size]
-        if "torch_compile" in providers:
-            providers.remove("torch_compile")
-            print("note: torch_compile is skipped on CPU (correctness of the fused kernel only)",
+        if "torch_compile_fp32" in providers:
+            providers.remove("torch_compile_fp32")
+            print("note: torch_compile_fp32 is skipped on CPU (correctness of the fused kernel only)",
                   file=sys.stderr)
         if skipped:
             print(f"note: CPU run, sizes {skipped} skipped (--cpu-max-size {args.cpu_max_size})",

@@ -1,5 +1,6 @@
 """The ``fairhpc`` command.  Subcommands live next to their code: every module in COMMAND_MODULES
-defines ``add_commands(subparsers)`` and each parser it adds sets ``func(args) -> exit code``."""
+defines ``add_commands(subparsers)`` and each parser it adds sets ``func(args) -> exit code``.
+User errors (:class:`fairhpc.errors.FairhpcError`) print ``fairhpc: <kind> error: <message>`` and exit 2."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import argparse
 import importlib
 import sys
 
+from fairhpc.errors import FairhpcError
+
 COMMAND_MODULES = (
     "fairhpc.train",             # train-rm, train-dpo
     "fairhpc.synthetic",         # make-data
+    "fairhpc.prepare",           # prepare-data
     "fairhpc.evaluation.cli",    # eval-rm, eval-benchmark, eval-policy, best-of-n
     "fairhpc.report",            # report
+    "fairhpc.ops",               # build-ops
 )
 
 
@@ -48,20 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairhpc.config import ConfigError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"fairhpc: configuration error: {e}", file=sys.stderr)
+    except FairhpcError as e:  # a user error: one line, exit 2; anything else keeps its traceback
+        print(f"fairhpc: {e.kind} error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        data_error = getattr(sys.modules.get("fairhpc.data"), "DataError", None)
-        if data_error is not None and isinstance(e, data_error):
-            print(f"fairhpc: data error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

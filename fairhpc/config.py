@@ -1,8 +1,11 @@
 """Run configuration: one dataclass per section, loaded from YAML plus ``key=value`` overrides.
 
-Every field carries help text (``metadata["help"]``); cross-field checks live in ``validate``.  Bad input
-fails here, before a model is built, with a message naming the file, the key, the value and what is
-allowed.
+Every field carries help text (``metadata["help"]``) and every numeric field its allowed values
+(``metadata["range"]``, a :class:`Range`, or ``metadata["choices"]``).  ``validate`` walks all fields with one
+rule per type (numbers finite and in range, integers not booleans, strings in their choices) and then runs the
+cross-field checks; ``check_environment`` checks what depends on the machine (device, output directory, model
+paths).  Bad input fails here, before a model is built or data is read, with a message naming the file (and
+line), the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -17,10 +20,56 @@ from typing import Any, get_type_hints
 import yaml
 
 from fairhpc import registry
+from fairhpc.errors import ConfigError  # re-exported: ``from fairhpc.config import ConfigError``
+from fairhpc.sources import DATA_SUFFIXES
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range."""
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: finite numbers in an interval (``None`` = unbounded; ends closed
+    unless ``lo_open``/``hi_open``), plus ``special`` values outside it (e.g. -1 = "derive it")."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    special: tuple = ()
+
+    def __contains__(self, v) -> bool:
+        if v in self.special:
+            return True
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        """``'> 0'``, ``'in [0, 1)'``, ``'-1 or >= 1'``; ``''`` when any finite number is allowed."""
+        if self.lo is not None and self.hi is not None:
+            s = f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            s = f"{'>' if self.lo_open else '>='} {self.lo}"
+        elif self.hi is not None:
+            s = f"{'<' if self.hi_open else '<='} {self.hi}"
+        else:
+            s = ""
+        return " or ".join([*map(str, self.special), *([s] if s else [])])
+
+
+FINITE = Range()                                # any finite number
+POSITIVE = Range(0, lo_open=True)               # > 0
+NON_NEGATIVE = Range(0)                         # >= 0 (counts, "0 = off")
+AT_LEAST_ONE = Range(1)                         # sizes and step intervals
+UNIT_HALF_OPEN = Range(0, 1, hi_open=True)      # [0, 1): fractions, AdamW betas
+SEED = Range(0, 2**32 - 1)                      # numpy's legacy seed range (torch takes more)
+
+
+def _error(key: str, msg: str) -> ConfigError:
+    """A ConfigError ``'key: msg'`` that remembers its key, so the loader can add the file and line."""
+    err = ConfigError(f"{key}: {msg}")
+    err.key = key
+    return err
 
 
 def _f(default, help: str, **kw):
@@ -35,10 +84,11 @@ class FairnessConfig:
 
     mode: str = _f("bt", "objective: bt/dpo (utility only), fr (u - alpha*f) or fc (u * f**gamma)",
                    choices=registry.ALL_MODES)
-    alpha: float = _f(0.1, "fr: weight of the fairness reward f")
-    tau: float = _f(-1.0, "Lan et al. fairness parameter; -1 = Jain's index, 0 = entropy limit; 1 is invalid")
-    gamma: float = _f(0.5, "fc: exponent of f")
-    beta: float = _f(0.1, "DPO temperature (ignored for reward models)")
+    alpha: float = _f(0.1, "fr: weight of the fairness reward f; fr needs >= 0", range=FINITE)
+    tau: float = _f(-1.0, "Lan et al. fairness parameter; -1 = Jain's index, 0 = entropy limit; 1 is invalid",
+                    range=FINITE)
+    gamma: float = _f(0.5, "fc: exponent of f; fc needs > 0", range=FINITE)
+    beta: float = _f(0.1, "DPO temperature (ignored for reward models)", range=POSITIVE)
     reduction: str = _f("mean", "mean over pairs (Fair-RM) or sum (the authors' Fair-DPO)",
                         choices=registry.REDUCTIONS)
     scope: str = _f("micro", "fairness per micro-batch on each rank, or global across data-parallel ranks",
@@ -52,7 +102,7 @@ class FairnessConfig:
 
 def validate_fairness(cfg: FairnessConfig, task: str | None = None, where: str = "objective") -> None:
     def bad(key, msg):
-        raise ConfigError(f"{where}.{key}: {msg}")
+        raise _error(f"{where}.{key}", msg)
 
     if cfg.mode not in registry.ALL_MODES:
         bad("mode", f"unknown mode {cfg.mode!r}; allowed: {', '.join(registry.ALL_MODES)}")
@@ -83,10 +133,10 @@ def validate_fairness(cfg: FairnessConfig, task: str | None = None, where: str =
 
 @dataclass
 class SyntheticConfig:
-    n_train: int = _f(2000, "synthetic training pairs")
-    n_eval: int = _f(500, "synthetic held-out pairs")
-    seed: int = _f(1234, "generator seed (independent of the training seed)")
-    length_bias: float = _f(1.0, "strength of the planted length bias (0 = none)")
+    n_train: int = _f(2000, "synthetic training pairs", range=AT_LEAST_ONE)
+    n_eval: int = _f(500, "synthetic held-out pairs", range=NON_NEGATIVE)
+    seed: int = _f(1234, "generator seed (independent of the training seed)", range=SEED)
+    length_bias: float = _f(1.0, "strength of the planted length bias (0 = none, < 0 = reversed)", range=FINITE)
 
 
 @dataclass
@@ -98,23 +148,28 @@ class DataConfig:
     format: str = _f("auto", "row format", choices=registry.DATA_FORMATS)
     bad_rows: str = _f("error", "error: stop at the first bad row; skip: drop it and count the reason",
                        choices=registry.BAD_ROW_POLICIES)
-    max_length: int = _f(256, "max tokens of prompt + response")
-    max_prompt_length: int = _f(128, "max prompt tokens (DPO)")
+    max_length: int = _f(256, "max tokens of prompt + response", range=Range(2))
+    max_prompt_length: int = _f(128, "max prompt tokens (DPO); < data.max_length", range=AT_LEAST_ONE)
     truncation_side: str = _f("left", "side cut when too long (the paper truncates on the left)",
                               choices=registry.TRUNCATION_SIDES)
-    max_train_examples: int | None = _f(None, "use at most this many training pairs")
-    max_eval_examples: int | None = _f(None, "use at most this many held-out pairs")
+    max_train_examples: int | None = _f(None, "use at most this many training pairs; null = all",
+                                        range=AT_LEAST_ONE)
+    max_eval_examples: int | None = _f(None, "use at most this many held-out pairs; null = all",
+                                       range=AT_LEAST_ONE)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "synthetic generator"})
 
 
 @dataclass
 class TinyModelConfig:
-    hidden_size: int = _f(64, "hidden size of the tiny Llama")
-    num_hidden_layers: int = _f(2, "layers")
-    num_attention_heads: int = _f(4, "attention heads")
-    num_key_value_heads: int = _f(2, "key/value heads (GQA)")
-    intermediate_size: int = _f(128, "MLP size")
-    max_position_embeddings: int = _f(512, "max positions")
+    hidden_size: int = _f(64, "hidden size of the tiny Llama; a multiple of num_attention_heads with an even "
+                              "head size (RoPE)", range=AT_LEAST_ONE)
+    num_hidden_layers: int = _f(2, "layers", range=AT_LEAST_ONE)
+    num_attention_heads: int = _f(4, "attention heads", range=AT_LEAST_ONE)
+    num_key_value_heads: int = _f(2, "key/value heads (GQA); divides num_attention_heads", range=AT_LEAST_ONE)
+    intermediate_size: int = _f(128, "MLP size", range=AT_LEAST_ONE)
+    max_position_embeddings: int = _f(512, "max positions", range=AT_LEAST_ONE)
+    attention_dropout: float = _f(0.0, "dropout on the attention probabilities while training",
+                                  range=UNIT_HALF_OPEN)
 
 
 @dataclass
@@ -130,33 +185,41 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = _f(1.0, "passes over the training data")
-    max_steps: int = _f(-1, "optimizer steps; -1 = derived from epochs")
-    micro_batch_size: int = _f(8, "pairs per rank per micro-step")
-    grad_accum: int = _f(1, "micro-steps per optimizer step")
-    lr: float = _f(1e-4, "peak learning rate (AdamW)")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    adam_beta1: float = _f(0.9, "AdamW beta1")
-    adam_beta2: float = _f(0.95, "AdamW beta2")
-    warmup_ratio: float = _f(0.03, "warmup as a fraction of optimizer steps (used when warmup_steps < 0)")
-    warmup_steps: int = _f(-1, "warmup optimizer steps; -1 = warmup_ratio * total steps")
+    epochs: float = _f(1.0, "passes over the training data; 0 only with train.max_steps set",
+                       range=NON_NEGATIVE)
+    max_steps: int = _f(-1, "optimizer steps; -1 = as many as train.epochs gives; 0 is refused, use -1",
+                        range=Range(1, special=(-1,)))
+    micro_batch_size: int = _f(8, "pairs per rank per micro-step", range=AT_LEAST_ONE)
+    grad_accum: int = _f(1, "micro-steps per optimizer step", range=AT_LEAST_ONE)
+    lr: float = _f(1e-4, "peak learning rate (AdamW)", range=POSITIVE)
+    weight_decay: float = _f(0.0, "AdamW weight decay", range=NON_NEGATIVE)
+    adam_beta1: float = _f(0.9, "AdamW beta1", range=UNIT_HALF_OPEN)
+    adam_beta2: float = _f(0.95, "AdamW beta2", range=UNIT_HALF_OPEN)
+    warmup_ratio: float = _f(0.03, "warmup as a fraction of optimizer steps (used when warmup_steps = -1)",
+                             range=UNIT_HALF_OPEN)
+    warmup_steps: int = _f(-1, "warmup optimizer steps; -1 = warmup_ratio * total steps",
+                           range=Range(0, special=(-1,)))
     scheduler: str = _f("cosine", "learning-rate schedule after warmup", choices=registry.SCHEDULERS)
-    max_grad_norm: float = _f(1.0, "gradient clipping; 0 = off")
+    max_grad_norm: float = _f(1.0, "gradient clipping; 0 = off", range=NON_NEGATIVE)
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage", choices=registry.ZERO_STAGES)
-    precision: str = _f("auto", "auto: bf16 on GPU, fp32 on CPU", choices=registry.PRECISIONS)
-    save_steps: int = _f(50, "DeepSpeed checkpoint every N optimizer steps; 0 = only at the end")
-    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
-    eval_steps: int = _f(0, "held-out evaluation every N optimizer steps; 0 = only at the end")
-    log_steps: int = _f(1, "metrics line every N optimizer steps")
+    precision: str = _f("auto", "auto: bf16 on GPU, fp32 on CPU; bf16 and fp16 need a CUDA GPU",
+                        choices=registry.PRECISIONS)
+    save_steps: int = _f(50, "DeepSpeed checkpoint every N optimizer steps; 0 = only at the end",
+                         range=NON_NEGATIVE)
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk", range=AT_LEAST_ONE)
+    eval_steps: int = _f(0, "held-out evaluation every N optimizer steps; 0 = only at the end",
+                         range=NON_NEGATIVE)
+    log_steps: int = _f(1, "metrics line every N optimizer steps", range=AT_LEAST_ONE)
     precompute_ref: bool = _f(True, "DPO: compute reference log-probs once and cache them")
-    num_workers: int = _f(0, "DataLoader workers")
+    num_workers: int = _f(0, "DataLoader worker processes; 0 = load in the training process", range=NON_NEGATIVE)
 
 
 @dataclass
 class RunConfig:
     task: str = _f("rm", "what to train", choices=registry.TASKS)
-    seed: int = _f(0, "seed for model init, data order and dropout")
-    output_dir: str = _f("runs/default", "where metrics, checkpoints and the final model go")
+    seed: int = _f(0, "seed for model init, data order and dropout", range=SEED)
+    output_dir: str = _f("runs/default", "where metrics, checkpoints and the final model go; a writable "
+                                         "directory (created if missing)")
     objective: FairnessConfig = field(default_factory=FairnessConfig, metadata={"help": "loss"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
@@ -169,23 +232,30 @@ def _is_section(tp) -> bool:
     return dataclasses.is_dataclass(tp)
 
 
-def _coerce(value: Any, tp, key: str, source: str):
-    """Convert ``value`` to the annotated type ``tp`` or raise ConfigError naming key and value."""
-    origin = getattr(tp, "__args__", None)
-    if origin is not None and type(None) in tp.__args__:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            return None
-        tp = next(a for a in tp.__args__ if a is not type(None))
+def _base_type(tp) -> tuple[Any, bool]:
+    """``(X, optional)`` for an annotation ``X`` or ``X | None``."""
+    args = getattr(tp, "__args__", None)
+    if args is not None and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def _coerce(value: Any, tp, key: str):
+    """Convert ``value`` (from YAML or an override) to the annotated type ``tp`` or raise naming key and value.
+
+    Booleans are never numbers (``true`` for an int or float key is refused) and numbers are never booleans;
+    a float is an int only when it is integral (``2.0`` -> 2, ``2.5`` / ``.inf`` / ``.nan`` refused)."""
+    tp, optional = _base_type(tp)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))):
+        return None
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{source}: {key}: expected true/false, got {value!r}")
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise _error(key, f"expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -194,34 +264,34 @@ def _coerce(value: Any, tp, key: str, source: str):
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+        raise _error(key, f"expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
             try:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        raise _error(key, f"expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+        raise _error(key, f"expected a string, got {value!r}")
     return value
 
 
-def _build(cls, data: dict, prefix: str, source: str):
+def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {data!r}")
+        raise _error(prefix.rstrip(".") or "top level", f"expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]}; allowed keys in "
+        err = ConfigError(f"unknown key {prefix}{unknown[0]}; allowed keys in "
                           f"{prefix.rstrip('.') or 'top level'}: {', '.join(fields)}")
+        err.key = f"{prefix}{unknown[0]}"
+        raise err
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
@@ -229,18 +299,14 @@ def _build(cls, data: dict, prefix: str, source: str):
         tp = hints[name]
         key = prefix + name
         if _is_section(tp):
-            kwargs[name] = _build(tp, data[name] or {}, key + ".", source)
+            kwargs[name] = _build(tp, data[name] or {}, key + ".")
             continue
-        value = _coerce(data[name], tp, key, source)
+        value = _coerce(data[name], tp, key)
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"{source}: {key}: {value!r} is not allowed; allowed: "
-                              f"{', '.join(map(str, choices))}")
+            raise _error(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
         kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    return cls(**kwargs)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -274,17 +340,73 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in data.items():
+        keys.add(f"{prefix}{k}")
+        if isinstance(v, dict):
+            keys |= _dotted_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _yaml_key_lines(text: str) -> dict[str, int]:
+    """``{"train.lr": 12, ...}``: the 1-based line of every key of a YAML mapping (from the composer's marks)."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    lines.setdefault(prefix + str(k.value), k.start_mark.line + 1)
+                    walk(v, f"{prefix}{k.value}.")
+
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+class _Source:
+    """Where a config's values came from (YAML file and line, overrides, defaults), for error messages."""
+
+    def __init__(self, path: str | None = None, lines: dict[str, int] | None = None,
+                 overridden: set[str] | None = None):
+        self.path, self.lines, self.overridden = path, lines or {}, overridden or set()
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return "overrides" if self.overridden else "<defaults>"
+        return f"{self.path} + overrides" if self.overridden else self.path
+
+    def at(self, key: str | None) -> str:
+        """'overrides' when ``key`` was overridden, 'FILE: line N' when the file sets it, else the whole source."""
+        if key in self.overridden:
+            return "overrides"
+        if key in self.lines:
+            return f"{self.path}: line {self.lines[key]}"
+        return str(self)
+
+    def located(self, err: ConfigError) -> ConfigError:
+        """``err`` with its origin in front (the same class, so a ModelPathError stays one)."""
+        key = getattr(err, "key", None)
+        out = type(err)(f"{self.at(key)}: {err}")
+        out.key = key
+        return out
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 task: str | None = None) -> RunConfig:
-    """Load a run config from YAML (optional), apply overrides, validate everything.
+    """Load a run config from YAML (optional), apply overrides, validate everything (not the environment:
+    see :func:`check_environment`).
 
     ``task`` forces the task (``fairhpc train-rm`` / ``train-dpo``); a config naming the other task is an
-    error.  When the task is dpo and no mode was given, the mode defaults to ``dpo``.
+    error.  When the task is dpo and no mode was given, the mode defaults to ``dpo``.  Errors name the
+    origin of the bad value: ``FILE: line N`` for a key set in the YAML file, ``overrides`` for a key=value.
     """
     data: dict = {}
-    source = "<defaults>"
+    source = _Source()
     if path is not None:
-        source = str(path)
         try:
             text = Path(path).read_text()
         except OSError as e:
@@ -297,61 +419,168 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+        source = _Source(str(path), _yaml_key_lines(text))
     if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-        source = f"{source} + overrides" if path is not None else "overrides"
+        extra = parse_overrides(overrides)
+        data = deep_merge(data, extra)
+        source.overridden = _dotted_keys(extra)
     if task is not None:
         if "task" in data and data["task"] != task:
-            raise ConfigError(f"{source}: task: config says {data['task']!r} but the command trains {task!r}")
+            raise ConfigError(f"{source.at('task')}: task: config says {data['task']!r} but the command "
+                              f"trains {task!r}")
         data["task"] = task
     t = data.get("task", "rm")
     if t == "dpo":
         obj = dict(data.get("objective") or {})
         obj.setdefault("mode", "dpo")
         data["objective"] = obj
-    cfg = _build(RunConfig, data, "", source)
+    try:
+        cfg = _build(RunConfig, data, "")
+    except ConfigError as e:
+        raise source.located(e) from None
     validate(cfg, source)
     return cfg
 
 
-def validate(cfg: RunConfig, source: str = "<config>") -> None:
-    def bad(key, msg):
-        raise ConfigError(f"{source}: {key}: {msg}")
+# -------------------------------------------------------------------------------------------- validation
 
+def check_fields(cfg, prefix: str = "") -> None:
+    """The per-type rule on every leaf field of a config dataclass (sections recursively), so that a new
+    field is checked without new code: int/float finite and in the field's ``range`` (:class:`Range`;
+    none declared = any finite number), an int not a bool, a bool a bool, a str a str, and ``choices``."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        key, value = prefix + f.name, getattr(cfg, f.name)
+        tp, optional = _base_type(hints[f.name])
+        if _is_section(tp):
+            check_fields(value, key + ".")
+            continue
+        if value is None and optional:
+            continue
+        if tp in (int, float):
+            kind = "an integer" if tp is int else "a number"
+            if isinstance(value, bool) or not isinstance(value, int if tp is int else (int, float)):
+                raise _error(key, f"expected {kind}, got {value!r}")
+            rule = f.metadata.get("range", FINITE)
+            if value not in rule:
+                allowed = rule.describe()
+                need = (f"a finite number{f' ({allowed})' if allowed else ''}" if not math.isfinite(value)
+                        else allowed)
+                raise _error(key, f"must be {need}, got {value!r} ({f.metadata.get('help', '')})")
+        elif tp is bool and not isinstance(value, bool):
+            raise _error(key, f"expected true or false, got {value!r}")
+        elif tp is str and not isinstance(value, str):
+            raise _error(key, f"expected a string, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise _error(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+
+
+def validate(cfg: RunConfig, source: str | _Source = "<config>") -> None:
+    """Every field by its type's rule (:func:`check_fields`), then the checks that involve several keys.
+    ``source`` (a name, or the loader's record of file lines and overrides) prefixes the message."""
+    if not isinstance(source, _Source):
+        source = _Source(str(source))
     try:
+        check_fields(cfg)
         validate_fairness(cfg.objective, cfg.task)
+        _validate_cross(cfg)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    t, d = cfg.train, cfg.data
-    for key, v in (("train.micro_batch_size", t.micro_batch_size), ("train.grad_accum", t.grad_accum),
-                   ("data.max_length", d.max_length), ("data.max_prompt_length", d.max_prompt_length),
-                   ("train.log_steps", t.log_steps), ("train.keep_checkpoints", t.keep_checkpoints)):
-        if v < 1:
-            bad(key, f"must be >= 1, got {v}")
+        raise source.located(e) from None
+
+
+def _validate_cross(cfg: RunConfig) -> None:
+    t, d, tiny = cfg.train, cfg.data, cfg.model.tiny
+    if not cfg.output_dir.strip():
+        raise _error("output_dir", "must not be empty (it names the run directory)")
     if d.max_prompt_length >= d.max_length:
-        bad("data.max_prompt_length", f"must be < data.max_length ({d.max_length}), got {d.max_prompt_length}")
-    if t.lr <= 0:
-        bad("train.lr", f"must be > 0, got {t.lr}")
-    if t.epochs <= 0 and t.max_steps <= 0:
-        bad("train.epochs", "must be > 0 unless train.max_steps is set")
-    if not 0 <= t.warmup_ratio < 1:
-        bad("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
-    for key, v in (("train.save_steps", t.save_steps), ("train.eval_steps", t.eval_steps),
-                   ("train.max_grad_norm", t.max_grad_norm), ("train.weight_decay", t.weight_decay)):
-        if v < 0:
-            bad(key, f"must be >= 0, got {v}")
-    if d.synthetic.n_train < 1 or d.synthetic.n_eval < 0:
-        bad("data.synthetic", "n_train must be >= 1 and n_eval >= 0")
+        raise _error("data.max_prompt_length",
+                     f"must be < data.max_length ({d.max_length}), got {d.max_prompt_length}")
+    if t.epochs == 0 and t.max_steps == -1:
+        raise _error("train.epochs", f"must be > 0 unless train.max_steps is set, got {t.epochs}")
+    # the shapes transformers' Llama accepts: hidden = heads * head_dim, head_dim even (RoPE rotates pairs),
+    # heads a multiple of the key/value heads (GQA); anything else fails only at model build or forward
+    if tiny.hidden_size % tiny.num_attention_heads:
+        raise _error("model.tiny.hidden_size", f"must be a multiple of model.tiny.num_attention_heads "
+                                               f"({tiny.num_attention_heads}), got {tiny.hidden_size}")
+    if (tiny.hidden_size // tiny.num_attention_heads) % 2:
+        raise _error("model.tiny.hidden_size",
+                     f"hidden_size / num_attention_heads = {tiny.hidden_size // tiny.num_attention_heads} is "
+                     f"odd; rotary embeddings need an even head size (e.g. hidden_size "
+                     f"{2 * tiny.num_attention_heads * max(1, tiny.hidden_size // tiny.num_attention_heads)})")
+    if tiny.num_attention_heads % tiny.num_key_value_heads:
+        raise _error("model.tiny.num_key_value_heads",
+                     f"must divide model.tiny.num_attention_heads ({tiny.num_attention_heads}), "
+                     f"got {tiny.num_key_value_heads}")
     for key in ("train", "eval"):
         src = getattr(d, key)
         if src is None or src == "synthetic" or Path(src).exists():
             continue
         if src.endswith(DATA_SUFFIXES) or src.startswith((".", "/", "~")):
-            bad(f"data.{key}", f"file not found: {src} (expected 'synthetic', an existing "
-                               f"{'/'.join(DATA_SUFFIXES)} file, or a hub dataset name)")
+            raise _error(f"data.{key}", f"file not found: {src} (expected 'synthetic', an existing "
+                                        f"{'/'.join(DATA_SUFFIXES)} file, or a hub dataset name)")
 
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".parquet.gz")
+# ------------------------------------------------------------------------------------------- environment
+
+def check_model_path(key: str, value: str | None, need_config: bool = True) -> None:
+    """Refuse a local-looking model path that does not exist, is a file, or (``need_config``) is a directory
+    without ``config.json``; a hub-looking name (``name`` or ``owner/name``) is accepted without network
+    access.  Raises ModelPathError naming ``key`` and the path."""
+    from fairhpc.sources import is_local_path
+
+    if value is None or value == "tiny" or not is_local_path(value):
+        return
+    p = Path(value).expanduser()
+    if not p.exists():
+        raise _model_error(key, f"{value!r} does not exist (a local path: absolute, ./, ../, a file suffix or "
+                                f"under an existing directory); give a model directory such as a run's final/, "
+                                f"or a hub name such as owner/model")
+    if not p.is_dir():
+        raise _model_error(key, f"{value!r} is a file; expected a model directory (with config.json)")
+    if need_config and not (p / "config.json").is_file():
+        raise _model_error(key, f"{value!r} is a directory without config.json, so not a saved transformers "
+                                f"model; give a directory written by save_pretrained (e.g. a run's final/)")
+
+
+def _model_error(key: str, msg: str) -> ConfigError:
+    from fairhpc.errors import ModelPathError  # a ConfigError: exit 2, printed as a model path error
+
+    err = ModelPathError(f"{key}: {msg}")
+    err.key = key
+    return err
+
+
+def check_environment(cfg: RunConfig) -> None:
+    """The checks that depend on this machine, for the engine to run before any data is read: the precision
+    needs CUDA when it is bf16 or fp16; ``output_dir`` is (or can be created as) a writable directory; local
+    model and tokenizer paths exist and hold a model.  Raises ConfigError (exit 2) naming key and value."""
+    p = cfg.train.precision
+    if p in ("bf16", "fp16"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _error("train.precision", f"{p!r} needs a CUDA GPU and none is visible here; use fp32 or "
+                                            f"auto (bf16 on GPU, fp32 on CPU)")
+    _check_output_dir(cfg.output_dir)
+    check_model_path("model.name_or_path", cfg.model.name_or_path)
+    check_model_path("model.ref_name_or_path", cfg.model.ref_name_or_path)
+    check_model_path("model.tokenizer", cfg.model.tokenizer, need_config=False)
+
+
+def _check_output_dir(output_dir: str) -> None:
+    out = Path(output_dir).expanduser()
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _error("output_dir", f"{output_dir!r} is a file, not a directory")
+    existing = out
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        raise _error("output_dir", f"{output_dir!r} lies under {str(existing)!r}, which is a file, not a "
+                                   f"directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == out else f"would be created in {str(existing)!r}, which is"
+        raise _error("output_dir", f"{output_dir!r} {what} not writable")
 
 
 def to_dict(cfg) -> dict:
@@ -371,5 +600,9 @@ def fields_help(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, Any, st
         help_ = f.metadata.get("help", "")
         if f.metadata.get("choices"):
             help_ += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
-        rows.append((prefix + f.name, getattr(tp, "__name__", str(tp)), default, help_))
+        elif _base_type(tp)[0] in (int, float):
+            help_ += f" (allowed: {f.metadata.get('range', FINITE).describe() or 'any finite number'})"
+        base, optional = _base_type(tp)
+        type_name = base.__name__ + (" or null" if optional else "")  # no "|": the table is Markdown
+        rows.append((prefix + f.name, type_name, default, help_))
     return rows

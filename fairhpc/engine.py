@@ -18,6 +18,7 @@ Outline of :meth:`Engine.__init__` and :meth:`Engine.train`:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -33,7 +34,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from fairhpc import runstate
 from fairhpc.config import RunConfig, to_dict
+from fairhpc.errors import ConfigError, FairhpcError
 from fairhpc.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fairhpc.layout import RunDir
 
@@ -43,6 +46,18 @@ DS_CONFIG_DIR = Path(__file__).parent / "ds_configs"
 
 class Preempted(Exception):
     """Raised after a checkpoint was written because SIGTERM/SIGUSR1 arrived."""
+
+
+class CheckpointError(FairhpcError):
+    """A checkpoint could not be written (e.g. a full disk) or none could be read back."""
+
+    kind = "checkpoint"
+
+
+class NonFiniteError(FairhpcError):
+    """The loss or the gradient norm became NaN or infinite: the run stops before writing that step."""
+
+    kind = "training"
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -64,6 +79,11 @@ def setup_distributed():
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(k, v)
     os.environ.setdefault("MASTER_PORT", str(_free_port()) if os.environ["WORLD_SIZE"] == "1" else "29500")
+    # compiled DeepSpeed ops: a folder per environment, stale build locks taken over, bounded waits, and no
+    # shared-memory comm op for a single process (fairhpc/ops.py)
+    from fairhpc.ops import prepare_ops
+
+    prepare_ops(int(os.environ["WORLD_SIZE"]))
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -89,7 +109,7 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> str:
     if p == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if p in ("bf16", "fp16") and device.type != "cuda":
-        raise ValueError(f"train.precision={p} needs a GPU; use fp32 (or auto) on CPU")
+        raise ConfigError(f"train.precision: {p} needs a GPU; use fp32 (or auto) on CPU")
     return p
 
 
@@ -154,18 +174,23 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 class Engine:
     """Runs one task's training with DeepSpeed.  ``task_cls`` defaults to the registered task of cfg.task."""
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, task_cls=None):
+    def __init__(self, cfg: RunConfig, resume: bool = False, task_cls=None, on_mismatch: str = "error",
+                 overwrite: bool = False, then_eval: list[str] | None = None):
         import deepspeed
 
+        from fairhpc.config import check_environment
         from fairhpc.tasks import get_task
         from fairhpc.tokenizer import load_tokenizer
 
+        check_environment(cfg)  # device, output_dir and model paths: before any data is read
         self.cfg = cfg
         self.run = RunDir(cfg.output_dir)
         self.out = self.run.root
         # 1. tokenizer and data first: a bad data file fails before any process group or model exists
         self.tokenizer = load_tokenizer(cfg.model)
         self.task = (task_cls or get_task(cfg.task))(cfg, self.tokenizer)
+        # the evaluation command to run in-process at the end, checked now (before any compute)
+        self.then_eval = self.task.parse_then_eval(then_eval, self.run) if then_eval else None
         self.train_ds, self.eval_ds, stats = self.task.build_datasets()
         self.rank, self.world, self.device = setup_distributed()
         self.is_main = self.rank == 0
@@ -173,10 +198,15 @@ class Engine:
         self.group = None  # the default (data-parallel) process group
         # the task's checks that need the device (e.g. the loss implementation) come before any model
         self.task.check_device(self.device)
+        # 2. the run directory belongs to one configuration (fairhpc/runstate.py): decided on rank 0
+        self.identity = runstate.run_identity(cfg, self.world)
+        self.resuming = self._decide_run_dir(resume, on_mismatch, overwrite) == "resume"
         set_seed(cfg.seed)
 
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not self.resuming:
+                runstate.write_identity(self.run, self.identity)
             atomic_write_text(self.run.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
             atomic_write_json(self.run.data_stats, stats)
         self.collate = self.task.collate
@@ -185,12 +215,19 @@ class Engine:
             self.train_ds, batch_size=cfg.train.micro_batch_size, sampler=self.sampler,
             collate_fn=self.collate, num_workers=cfg.train.num_workers)
         t = cfg.train
+        # an epoch is steps_per_epoch full optimizer steps; the last micro_per_epoch % grad_accum micro-batches
+        # of an epoch are not used (each epoch reshuffles, so no example is left out every time)
         self.micro_per_epoch = len(self.loader)
-        self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / t.grad_accum))
+        self.steps_per_epoch = self.micro_per_epoch // t.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"train.grad_accum: {t.grad_accum} micro-batches per optimizer step, but an epoch "
+                              f"has only {self.micro_per_epoch} micro-batches of train.micro_batch_size="
+                              f"{t.micro_batch_size} per rank; lower grad_accum or micro_batch_size")
+        self.micro_used_per_epoch = self.steps_per_epoch * t.grad_accum
         self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.steps_per_epoch))
         self.warmup = t.warmup_steps if t.warmup_steps >= 0 else math.ceil(t.warmup_ratio * self.total_steps)
 
-        # 2. the task's model and the DeepSpeed engine with our AdamW and schedule (stepped by DeepSpeed
+        # 3. the task's model and the DeepSpeed engine with our AdamW and schedule (stepped by DeepSpeed
         #    once per optimizer step)
         ds_config = build_ds_config(cfg, self.precision)
         self._hf_ds = None
@@ -206,13 +243,26 @@ class Engine:
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(self.total_steps, self.warmup, t.scheduler))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optim, lr_scheduler=sched,
                                                     config=ds_config)
-        # 3. the task's set-up that needs the engine
+        # 4. the task's set-up that needs the engine
         self.task.setup(self)
 
         self.global_step, self.epoch, self.micro_in_epoch = 0, 0, 0
-        if resume:
+        if self.resuming:
             self._resume()
         self._stop = False
+
+    def _decide_run_dir(self, resume: bool, on_mismatch: str, overwrite: bool) -> str:
+        """"fresh" or "resume", decided on rank 0 and shared; a refusal is raised on every rank."""
+        decision = [None, None]
+        if self.is_main:
+            try:
+                decision[0] = runstate.prepare_run_dir(self.run, self.identity, resume, on_mismatch, overwrite)
+            except ConfigError as e:
+                decision[1] = str(e)
+        dist.broadcast_object_list(decision, src=0)
+        if decision[1] is not None:
+            raise ConfigError(decision[1])
+        return decision[0]
 
     # ---------------------------------------------------------------------------------- helpers for tasks
     def ds_config(self, zero_stage: int | None = None) -> dict:
@@ -256,36 +306,81 @@ class Engine:
         return out
 
     # ---------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
-        tag = f"global_step{self.global_step}"
-        state = {"global_step": self.global_step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
-                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                 "numpy_rng": np.random.get_state()}
-        self.engine.save_checkpoint(str(self.run.checkpoints), tag=tag, client_state=state)
-        dist.barrier()
-        if self.is_main:  # keep the newest `keep_checkpoints`
-            tags = sorted((p for p in self.run.checkpoints.glob("global_step*") if p.is_dir()),
-                          key=lambda p: int(p.name[len("global_step"):]))
-            for old in tags[: -self.cfg.train.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+    def _rng_state(self) -> dict:
+        return {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
-    def _resume(self) -> None:
-        latest = self.run.checkpoints / "latest"
-        if not latest.exists():
-            if self.is_main:
-                print(f"[fairhpc] --resume: no checkpoint in {self.run.checkpoints}, starting fresh", flush=True)
-            return
-        _, state = self.engine.load_checkpoint(str(self.run.checkpoints))
-        self.global_step, self.epoch = state["global_step"], state["epoch"]
-        self.micro_in_epoch = state["micro_in_epoch"]
+    def _set_rng_state(self, state: dict) -> None:
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """True when `ok` holds on every rank."""
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def save_checkpoint(self) -> None:
+        """DeepSpeed checkpoint plus every rank's RNG state, complete or absent (fairhpc/runstate.py)."""
+        ckpt_dir = self.run.checkpoints
+        tag = runstate.partial_name(self.global_step)
+        state = {"global_step": self.global_step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
+                 **self._rng_state()}
+        error = None
+        try:
+            self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state, save_latest=False)
+            # DeepSpeed stores the client state of rank 0 only (ZeRO 0-2): each rank keeps its own RNG
+            torch.save(self._rng_state(), ckpt_dir / tag / f"rng_rank{self.rank}.pt")
+        except (OSError, RuntimeError) as e:
+            error = runstate.describe_write_error(e, ckpt_dir / tag)
+        if not self._all_ranks(error is None):
+            if self.is_main:
+                shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # `latest` still names the last good one
+            raise CheckpointError(error or f"writing {ckpt_dir / tag} failed on another rank")
+        if self.is_main:
+            runstate.finish_checkpoint(ckpt_dir, self.global_step, self.cfg.train.keep_checkpoints)
+        dist.barrier()
+
+    def _resume(self) -> None:
+        """Load the newest complete checkpoint that every rank can read; name any skipped one."""
+        ckpt_dir = self.run.checkpoints
+        candidates = runstate.complete_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+        names = [p.name for p in candidates]
+        dist.broadcast_object_list(names, src=0)  # rank 0's listing decides the order
+        state = None
+        for name in names:
+            error = None
+            try:
+                path, state = self.engine.load_checkpoint(str(ckpt_dir), tag=name)
+                if path is None or not state:
+                    error = "DeepSpeed found no loadable checkpoint files"
+            except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to an older one
+                error = f"{type(e).__name__}: {e}"
+            if self._all_ranks(error is None):
+                break
+            state = None
+            print(f"[fairhpc] --resume: checkpoint {ckpt_dir / name} is unreadable on rank {self.rank} "
+                  f"({error or 'on another rank'}); trying an older one", flush=True)
+        if state is None:
+            if names:
+                raise CheckpointError(f"--resume: none of the checkpoints in {ckpt_dir} can be read "
+                                      f"({', '.join(names)}); move the folder away to start fresh")
+            if self.is_main:
+                print(f"[fairhpc] --resume: no checkpoint in {ckpt_dir}, starting fresh", flush=True)
+            return
+        self.global_step, self.epoch = state["global_step"], state["epoch"]
+        self.micro_in_epoch = state["micro_in_epoch"]
+        own = ckpt_dir / name / f"rng_rank{self.rank}.pt"
+        self._set_rng_state(torch.load(own, weights_only=False) if own.exists() else state)
         if self.is_main:
             # drop metric lines written after the checkpoint by the interrupted run
             kept = [r for r in read_jsonl(self.run.metrics) if r.get("step", 0) <= self.global_step]
             atomic_write_text(self.run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
-            print(f"[fairhpc] resumed from {latest.read_text().strip()} (step {self.global_step})", flush=True)
+            print(f"[fairhpc] resumed from {name} in {ckpt_dir} (step {self.global_step})", flush=True)
 
     # ---------------------------------------------------------------------------------- signals
     def _on_signal(self, signum, frame):
@@ -316,6 +411,27 @@ class Engine:
             self._log({"split": "eval", "step": self.global_step, "epoch": self.epoch, **ev})
         return ev
 
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop every rank together when a micro-batch's loss is NaN or infinite (before its backward)."""
+        if self._all_ranks(bool(torch.isfinite(loss.detach()).all())):
+            return
+        hint = self.task.nonfinite_hint()
+        raise NonFiniteError(f"the loss is not finite at optimizer step {self.global_step + 1} (micro-batch "
+                             f"{self.micro_in_epoch + 1} of epoch {self.epoch}); nothing of this step was written. "
+                             + (hint or "Lower train.lr or check the data (docs/method.md)"))
+
+    def _final_eval(self) -> dict | None:
+        """The held-out evaluation at the last step: reused when a resumed, finished run already logged it."""
+        found = [None]
+        if self.is_main:
+            done = [r for r in read_jsonl(self.run.metrics) if r.get("split") == "eval"
+                    and r.get("step") == self.global_step]
+            found[0] = done[-1] if done else None
+        dist.broadcast_object_list(found, src=0)
+        if found[0] is None:
+            return self._log_eval()
+        return {k: v for k, v in found[0].items() if k not in ("split", "step", "epoch")}
+
     def train(self) -> dict:
         from tqdm.auto import tqdm
 
@@ -333,26 +449,33 @@ class Engine:
         done = self.global_step >= self.total_steps
         while not done:
             self.sampler.set_epoch(self.epoch, skip=self.micro_in_epoch * t.micro_batch_size)
-            for batch in self.loader:
-                loss, metrics = self.task.loss(self, self.engine, batch)
-                boundary = self.engine.is_gradient_accumulation_boundary()
-                self.engine.backward(loss)
-                pre_clip_norm = self._grad_norm_stage0() if boundary else None
-                self.engine.step()
-                self.micro_in_epoch += 1
-                for k in keys:
-                    acc[k] += float(metrics[k])
-                n_micro += 1
-                if not boundary:
-                    continue
+            batches = iter(self.loader)
+            # one optimizer step = grad_accum micro-batches; the task sees them all first (begin_step)
+            while len(step_batches := list(itertools.islice(batches, t.grad_accum))) == t.grad_accum:
+                self.task.begin_step(self, self.engine, step_batches)
+                for batch in step_batches:
+                    loss, metrics = self.task.loss(self, self.engine, batch)
+                    self._check_finite(loss)
+                    boundary = self.engine.is_gradient_accumulation_boundary()
+                    self.engine.backward(loss)
+                    pre_clip_norm = self._grad_norm_stage0() if boundary else None
+                    self.engine.step()
+                    self.micro_in_epoch += 1
+                    for k in keys:
+                        acc[k] += float(metrics[k])
+                    n_micro += 1
+                assert boundary, "DeepSpeed's accumulation boundary must close every group of grad_accum"
                 self.global_step += 1
                 bar.update(1)
+                gn = self.engine.get_global_grad_norm()
+                gn = pre_clip_norm if gn is None else gn
+                if gn is not None and not math.isfinite(float(gn)) and self.precision != "fp16":
+                    raise NonFiniteError(f"the gradient norm is {float(gn)} at optimizer step {self.global_step}; "
+                                         "nothing of this step was written. Lower train.lr or check the data")
                 if self.global_step % t.log_steps == 0 or self.global_step == self.total_steps:
                     vals = torch.tensor([acc[k] / n_micro for k in keys], device=self.device)
                     dist.all_reduce(vals)  # mean over ranks (identical under global scope)
                     vals = (vals / self.world).tolist()
-                    gn = self.engine.get_global_grad_norm()
-                    gn = pre_clip_norm if gn is None else gn
                     rec = {"split": "train", "step": self.global_step,
                            "epoch": self.epoch + self.micro_in_epoch / max(1, self.micro_per_epoch),
                            "samples": self.global_step * t.micro_batch_size * t.grad_accum * self.world,
@@ -367,20 +490,30 @@ class Engine:
                 done = self.global_step >= self.total_steps
                 if t.eval_steps and self.global_step % t.eval_steps == 0 and not done:
                     self._log_eval()
+                epoch_end = not done and self.micro_in_epoch >= self.micro_used_per_epoch
+                if epoch_end:  # before a checkpoint, so that a resume starts the next epoch
+                    self.epoch += 1
+                    self.micro_in_epoch = 0
                 stop = self._stop_requested()
                 if (t.save_steps and self.global_step % t.save_steps == 0 and not done) or stop:
                     self.save_checkpoint()
                 if stop:
                     bar.close()
                     raise Preempted(f"stopped by signal at step {self.global_step}; rerun with --resume")
-                if done:
+                if done or epoch_end:
                     break
-            else:
+            else:  # the data ran out before a full step (not with the epoch rule above; kept as a guard)
                 self.epoch += 1
                 self.micro_in_epoch = 0
         bar.close()
-        self.save_checkpoint()
-        ev = self._log_eval()
+        saved = [False]  # a resumed, finished run already has its last checkpoint (rank 0 decides)
+        if self.is_main and self.run.checkpoints.is_dir():
+            newest = runstate.complete_checkpoints(self.run.checkpoints)
+            saved[0] = bool(newest) and runstate.step_of(newest[0]) == self.global_step
+        dist.broadcast_object_list(saved, src=0)
+        if not saved[0]:
+            self.save_checkpoint()
+        ev = self._final_eval()
         self.save_final()
         self.task.finish(self)
         summary = {"task": self.cfg.task, **self.task.summary_fields(),
@@ -409,5 +542,6 @@ class Engine:
         dist.barrier()
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict:
-    return Engine(cfg, resume=resume).train()
+def train(cfg: RunConfig, resume: bool = False, on_mismatch: str = "error", overwrite: bool = False,
+          then_eval: list[str] | None = None) -> dict:
+    return Engine(cfg, resume=resume, on_mismatch=on_mismatch, overwrite=overwrite, then_eval=then_eval).train()

@@ -1,4 +1,5 @@
-"""Small file helpers: every result file is written atomically (temp file + os.replace)."""
+"""Small file helpers: every result file is written atomically (temp file + os.replace); output directories
+are checked before any work is done."""
 
 from __future__ import annotations
 
@@ -52,3 +53,22 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 break
             raise ValueError(f"{path}: line {i + 1}: invalid JSON") from None
     return out
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` as a Path, after checking that it can be (or is) a directory to write in: neither it nor a
+    parent is a file, and its nearest existing parent is writable.  Raises ConfigError naming ``option``,
+    the path and the offending parent, before any work is done."""
+    from fairhpc.errors import ConfigError
+
+    p = Path(path)
+    for q in (p, *p.absolute().parents):
+        if not q.exists():
+            continue
+        if not q.is_dir():
+            where = "is a file" if q == p else f"lies under {q}, which is a file"
+            raise ConfigError(f"{option} {path}: {where}, not a directory")
+        if not os.access(q, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: cannot write in {q} (permission denied)")
+        break
+    return p

@@ -3,7 +3,7 @@
 Reward model: ``*ForSequenceClassification`` with one label (the scalar reward is read at the last
 non-pad token, as transformers does, so checkpoints work unchanged in other tools).
 Policy: ``*ForCausalLM``; a sequence's log-prob is the sum of its label tokens' log-probs (no length
-normalisation, METHOD.md).
+normalisation; docs/method.md, "Margins").
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def _tiny_llama_config(tiny_cfg, tokenizer, **extra):
         num_key_value_heads=tiny_cfg.num_key_value_heads,
         intermediate_size=tiny_cfg.intermediate_size,
         max_position_embeddings=tiny_cfg.max_position_embeddings,
+        attention_dropout=tiny_cfg.attention_dropout,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
+
+from fairhpc import layout
+from fairhpc.errors import ReportError
 
 PLOTS = ("accuracy_vs_fairness.png", "fairness_over_training.png", "reward_by_category.png",
          "reward_vs_length.png")
@@ -60,8 +62,6 @@ MD_COLUMNS = (
 )
 
 
-class ReportError(ValueError):
-    """A run directory lacks a file the report needs, or a file is unreadable."""
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -85,24 +85,25 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise ReportError(str(e)) from None
 
 
-def load_run(run_dir: str | os.PathLike, eval_subdir: str = "eval") -> dict:
+def load_run(run_dir: str | os.PathLike, eval_subdir: str = layout.EVAL) -> dict:
     """{"name", "dir", "row": flat scalars, "metrics": training curve, "eval": eval summary or None,
     "per_example": eval rows}."""
     import yaml
 
-    d = Path(run_dir)
+    run = layout.RunDir(run_dir)
+    d = run.root
     if not d.is_dir():
         raise ReportError(f"{d}: not a run directory")
-    cfg_path = d / "config.yaml"
+    cfg_path = run.config
     if not cfg_path.exists():
         raise ReportError(f"{cfg_path}: missing (is {d} a fairhpc run directory?)")
     try:
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ReportError(f"{cfg_path}: invalid YAML: {e}") from None
-    summary = _read_json(d / "summary.json")
-    ev_dir = d / eval_subdir
-    ev = _read_json(ev_dir / "summary.json", required=False)
+    summary = _read_json(run.summary)
+    ev_dir = run.eval_dir(eval_subdir)
+    ev = _read_json(ev_dir.summary, required=False)
     obj, train = cfg.get("objective", {}) or {}, cfg.get("train", {}) or {}
     row = {"run": d.name, "task": cfg.get("task", summary.get("task")), "mode": obj.get("mode", summary.get("mode")),
            "alpha": obj.get("alpha"), "tau": obj.get("tau"), "gamma": obj.get("gamma"), "beta": obj.get("beta"),
@@ -119,8 +120,8 @@ def load_run(run_dir: str | os.PathLike, eval_subdir: str = "eval") -> dict:
             for key in ("accuracy", "reward_mean", "win_rate"):
                 if key in vals and _is_scalar(vals[key]):
                     row[f"{key}[{cat}]"] = vals[key]
-    return {"name": d.name, "dir": str(d), "row": row, "metrics": _read_jsonl(d / "metrics.jsonl"),
-            "eval": ev, "per_example": _read_jsonl(ev_dir / "per_example.jsonl") if ev else []}
+    return {"name": d.name, "dir": str(d), "row": row, "metrics": _read_jsonl(run.metrics),
+            "eval": ev, "per_example": _read_jsonl(ev_dir.per_example) if ev else []}
 
 
 def _is_scalar(v) -> bool:
@@ -370,7 +371,7 @@ def plot_reward_vs_length(runs: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def make_report(run_dirs: list[str], out_dir: str, eval_subdir: str = "eval") -> dict:
+def make_report(run_dirs: list[str], out_dir: str, eval_subdir: str = layout.EVAL) -> dict:
     """Load every run (all are checked before anything is written) and write the table and plots."""
     from fairhpc.io import atomic_write_text
 
@@ -394,11 +395,7 @@ def make_report(run_dirs: list[str], out_dir: str, eval_subdir: str = "eval") ->
 
 
 def _cmd_report(args) -> int:
-    try:
-        res = make_report(args.runs, args.out, args.eval_subdir)
-    except ReportError as e:
-        print(f"fairhpc report: {e}", file=sys.stderr)
-        return 2
+    res = make_report(args.runs, args.out, args.eval_subdir)  # ReportError: exit 2 (fairhpc.cli)
     print(f"report of {res['runs']} run(s) written to {res['out']}: {', '.join(res['files'])}")
     return 0
 
@@ -409,7 +406,7 @@ def add_commands(sub) -> None:
     p.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="run directories (output_dir of "
                    "fairhpc train-rm / train-dpo)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the table and plots go")
-    p.add_argument("--eval-subdir", default="eval", metavar="NAME",
-                   help="subdirectory of each run holding summary.json and per_example.jsonl of its "
-                        "evaluation (default: eval)")
+    p.add_argument("--eval-subdir", default=layout.EVAL, metavar="NAME",
+                   help=f"subdirectory of each run holding {layout.SUMMARY} and {layout.PER_EXAMPLE} of its "
+                        "evaluation (default: %(default)s)")
     p.set_defaults(func=_cmd_report)

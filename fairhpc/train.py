@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from fairhpc import registry
 from fairhpc.engine import EXIT_PREEMPTED, Preempted
@@ -17,7 +18,8 @@ def _run(args, task: str) -> int:
 
     cfg = load_config(args.config, args.overrides, task=task)  # validated before any model is built
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, on_mismatch=args.on_mismatch, overwrite=args.overwrite,
+              then_eval=shlex.split(args.then_eval) if args.then_eval else None)
     except Preempted as e:
         print(f"[fairhpc] {e}", flush=True)
         return EXIT_PREEMPTED
@@ -39,6 +41,17 @@ def add_commands(sub) -> None:
         p.add_argument("--config", help="YAML run config (defaults apply to missing keys)")
         p.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in output_dir/checkpoints (fresh if none)")
+        p.add_argument("--on-mismatch", choices=("error", "restart"), default="error",
+                       help="--resume of a run whose configuration or data changed: refuse (error) or move the "
+                            "old run aside and start fresh (restart; what the workflow uses)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start fresh even if output_dir holds a run (the old one is moved aside, not deleted)")
+        if task in registry.EVAL_IN_TRAINING:
+            cmd = registry.EVAL_IN_TRAINING[task]
+            p.add_argument("--then-eval", default=None, metavar="COMMAND",
+                           help=f"after training, run this `fairhpc {cmd}` command (one quoted string, e.g. "
+                                f"'{cmd} --model OUTPUT_DIR/final --data synthetic --out OUTPUT_DIR/eval') in "
+                                "this process with the model it holds; checked before training starts")
         p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
         p.add_argument("overrides", nargs="*", metavar="key=value")
         p.set_defaults(func=lambda a, t=task: _run(a, t))

@@ -1,8 +1,9 @@
-# Microbenchmark of the fairness loss: torch reference (eager and torch.compile) against the fused Triton
-# kernel, forward / backward / full step, batch sizes 8 ... 1,048,576 (benchmarks/bench_fair_loss.py).
-# On a GPU node: timings (p20/p50/p80), kernel launches and peak memory per point.  Without CUDA the script
-# checks correctness only (Triton interpreter) and its CSV says that no timing was taken.
-# The outputs are the fixed paths that common.smk's all_targets() asks for when `bench: true`.
+# The kernel microbenchmark ("bench" in this workflow means only this): the fairness loss's torch reference
+# (eager and torch.compile) against the fused Triton kernel, forward / backward / full step, batch sizes
+# 8 ... 1,048,576 (benchmarks/bench_fair_loss.py).  On a GPU node: timings (p20/p50/p80), kernel launches
+# and peak memory per point.  Without CUDA the script checks correctness only (Triton interpreter) and its
+# CSV says that no timing was taken.  The default target asks for it when the config says `bench: true`.
+# (The evaluation suites -- RewardBench, CrowS-Pairs, ... -- are "bias benchmarks": rules/eval.smk.)
 
 
 rule bench_fair_loss:
@@ -10,16 +11,16 @@ rule bench_fair_loss:
         script=str(REPO / "benchmarks" / "bench_fair_loss.py"),
         kernel=str(REPO / "kernels" / "fair_loss.py"),
     output:
-        csv="results/bench/fair_loss.csv",
-        png="results/bench/fair_loss.png",
+        csv=wf.KERNEL_BENCH["csv"],
+        png=wf.KERNEL_BENCH["png"],
     log:
         "results/logs/bench_fair_loss.log",
+    conda:
+        "../envs/fairhpc.yaml"
     threads: 2
     resources:
         runtime=60,
         mem_mb=16000,
         gres="gpu:1",
-    conda:
-        "../envs/fairhpc.yaml"
     shell:
         "python {input.script} --csv {output.csv} --png {output.png} > {log} 2>&1"

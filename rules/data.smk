@@ -1,6 +1,6 @@
-# Data sets that the workflow makes itself: the synthetic pairs of `datasets.<name>.make`,
-# and pairs collected by `datasets.<name>.prepare`.  (A `datasets.<name>.train` file or hub dataset is
-# read by the trainer directly.)
+# Data sets that the workflow makes itself: the synthetic pairs of `datasets.<name>.make`, and pairs
+# collected by `datasets.<name>.prepare`.  (A `datasets.<name>.train` file or hub dataset is read by the
+# trainer directly.)
 
 
 rule make_data:
@@ -20,9 +20,10 @@ rule make_data:
         "fairhpc make-data --out {params.out} {params.overrides} > {log} 2>&1"
 
 
-# Pairs collected from hub datasets or local files (`datasets.<name>.prepare`), e.g. HH-RLHF helpful-base +
-# harmless-base with their category, or UltraFeedback + SHP.  A local rule: the submit host usually has the
-# network access that compute nodes lack.
+# Pairs collected from hub datasets or local files by `fairhpc prepare-data` (fairhpc/prepare.py), e.g.
+# HH-RLHF helpful-base + harmless-base with their category, or UltraFeedback + SHP; each part of the split
+# is one JSON argument, and the log gets the pairs kept and the rows skipped per part.  A local rule: the
+# submit host usually has the network access that compute nodes lack.
 rule prepare_data:
     output:
         f"{RESULTS}/data/{{dataset}}/{{split}}.jsonl",
@@ -35,5 +36,5 @@ rule prepare_data:
         "../envs/fairhpc.yaml"
     params:
         parts=prepare_parts,
-    run:
-        prepare_split(params.parts, output[0], log[0])
+    shell:
+        "fairhpc prepare-data --out {output} {params.parts} > {log} 2>&1"

@@ -1,82 +1,48 @@
-# Scoring every trained model (into RUN/eval/, read by `fairhpc report`):
-#   reward models  `fairhpc eval-rm` on the data set's held-out pairs: accuracy, fairness indices, reward
-#                  distributions per category, length bias
-#   DPO policies   `fairhpc eval-policy`: generations on the held-out prompts, judged by the grid's
-#                  eval.reward_model against eval.reference (win rate, reward, length)
-#   benchmarks     `fairhpc eval-benchmark` for each eval.benchmarks entry of a reward-model grid
+# Scoring every trained model, read by `fairhpc report`.  The command of each job comes from
+# fairhpc/workflow.py (Plan.eval_command, Plan.bias_benchmark_command), where it is unit-tested:
+#   evaluate              into RUN/eval/: `fairhpc eval-rm` of a reward model on the data set's held-out
+#                         pairs (accuracy, fairness indices, rewards per category, length bias), or
+#                         `fairhpc eval-policy` of a policy: generations on the held-out prompts judged by the
+#                         grid's eval.reward_model against eval.reference (win rate, reward, length).
+#                         Tasks in registry.EVAL_IN_TRAINING (reward models) have no evaluation job: the
+#                         training job runs the same command in-process (rule train_and_evaluate)
+#   eval_bias_benchmark   into RUN/bench_<name>/: `fairhpc eval-benchmark` of a reward model for each
+#                         eval.benchmarks entry of its grid (RewardBench, CrowS-Pairs, HH-RLHF); the config
+#                         check refuses bias benchmarks in DPO grids
 
 
-rule eval_rm:
+rule evaluate:
     input:
-        unpack(eval_inputs("rm")),
+        unpack(eval_inputs),
     output:
-        summary=f"{RESULTS}/runs/rm/{{model}}/{{dataset}}/{{point}}/eval/summary.json",
-        per_example=f"{RESULTS}/runs/rm/{{model}}/{{dataset}}/{{point}}/eval/per_example.jsonl",
+        summary=f"{RUN}/{layout.EVAL}/{layout.SUMMARY}",
+        per_example=f"{RUN}/{layout.EVAL}/{layout.PER_EXAMPLE}",
     log:
-        f"{RESULTS}/logs/eval_rm/{{model}}/{{dataset}}/{{point}}.log",
+        f"{RESULTS}/logs/evaluate/{RUN_LOG}",
+    wildcard_constraints:
+        task=TASKS_EVAL_JOB,
     conda:
         "../envs/fairhpc.yaml"
-    threads: threads_of("rm", "eval")
+    threads: threads_of("eval")
     resources:
-        runtime=resource("rm", "eval", "runtime"),
-        mem_mb=resource("rm", "eval", "mem_mb"),
-        gres=resource("rm", "eval", "gres"),
+        runtime=resource("eval", "runtime"),
+        mem_mb=resource("eval", "mem_mb"),
+        gres=resource("eval", "gres"),
     params:
-        run=run_dir_of("rm"),
-        data=eval_data("rm"),
-        args=eval_setting("rm", "args"),
+        command=eval_command,
     shell:
-        "OMP_NUM_THREADS={threads} fairhpc eval-rm --model {params.run}/final --data {params.data} "
-        "--out {params.run}/eval {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fairhpc {params.command} > {log} 2>&1"
 
 
-rule eval_dpo:
+use rule evaluate as eval_bias_benchmark with:
     input:
-        unpack(eval_inputs("dpo")),
+        summary=f"{RUN}/{layout.SUMMARY}",
     output:
-        summary=f"{RESULTS}/runs/dpo/{{model}}/{{dataset}}/{{point}}/eval/summary.json",
-        per_example=f"{RESULTS}/runs/dpo/{{model}}/{{dataset}}/{{point}}/eval/per_example.jsonl",
+        summary=f"{RUN}/{BIAS_BENCHMARK}/{layout.SUMMARY}",
+        per_example=f"{RUN}/{BIAS_BENCHMARK}/{layout.PER_EXAMPLE}",
     log:
-        f"{RESULTS}/logs/eval_dpo/{{model}}/{{dataset}}/{{point}}.log",
-    conda:
-        "../envs/fairhpc.yaml"
-    threads: threads_of("dpo", "eval")
-    resources:
-        runtime=resource("dpo", "eval", "runtime"),
-        mem_mb=resource("dpo", "eval", "mem_mb"),
-        gres=resource("dpo", "eval", "gres"),
+        f"{RESULTS}/logs/eval_bias_benchmark/{{task}}/{{model}}/{{dataset}}/{{point}}/{{benchmark}}.log",
+    wildcard_constraints:
+        task="rm",
     params:
-        run=run_dir_of("dpo"),
-        data=eval_data("dpo"),
-        reward_model=eval_setting("dpo", "reward_model"),
-        reference=eval_setting("dpo", "reference"),
-        args=eval_setting("dpo", "args"),
-    shell:
-        "OMP_NUM_THREADS={threads} fairhpc eval-policy --policy {params.run}/final "
-        "--reference {params.reference} --reward-model {params.reward_model} --data {params.data} "
-        "--out {params.run}/eval {params.args} > {log} 2>&1"
-
-
-rule eval_benchmark:
-    input:
-        summary=f"{RESULTS}/runs/rm/{{model}}/{{dataset}}/{{point}}/summary.json",
-    output:
-        summary=f"{RESULTS}/runs/rm/{{model}}/{{dataset}}/{{point}}/bench_{{bench}}/summary.json",
-    log:
-        f"{RESULTS}/logs/eval_benchmark/{{model}}/{{dataset}}/{{point}}/{{bench}}.log",
-    conda:
-        "../envs/fairhpc.yaml"
-    threads: threads_of("rm", "eval")
-    resources:
-        runtime=resource("rm", "eval", "runtime"),
-        mem_mb=resource("rm", "eval", "mem_mb"),
-        gres=resource("rm", "eval", "gres"),
-    params:
-        run=run_dir_of("rm"),
-        benchmark=benchmark_setting("benchmark"),
-        data=benchmark_setting("data"),
-        args=benchmark_setting("args"),
-    shell:
-        "OMP_NUM_THREADS={threads} fairhpc eval-benchmark --model {params.run}/final "
-        "--benchmark {params.benchmark} --data {params.data} --out {params.run}/bench_{wildcards.bench} "
-        "{params.args} > {log} 2>&1"
+        command=bias_benchmark_command,

@@ -1,80 +1,30 @@
-# Reports: `fairhpc report` over one run (RUN/report/) and over every study -- one grid on one base model
-# and one data set -- (reports/{grid}/{model}/{dataset}/): results.csv / results.md, accuracy vs fairness
-# with each mode's Pareto front, fairness along training, rewards per category, reward vs length.
-# The study reports are the figures of `snakemake --report report.html`.
-
-
-rule report_run_rm:
-    input:
-        run_inputs("rm"),
-    output:
-        csv=f"{RESULTS}/runs/rm/{{model}}/{{dataset}}/{{point}}/report/results.csv",
-        md=f"{RESULTS}/runs/rm/{{model}}/{{dataset}}/{{point}}/report/results.md",
-    log:
-        f"{RESULTS}/logs/report_run/rm/{{model}}/{{dataset}}/{{point}}.log",
-    conda:
-        "../envs/fairhpc.yaml"
-    params:
-        run=run_dir_of("rm"),
-    shell:
-        "fairhpc report --runs {params.run} --out {params.run}/report > {log} 2>&1"
-
-
-rule report_run_dpo:
-    input:
-        run_inputs("dpo"),
-    output:
-        csv=f"{RESULTS}/runs/dpo/{{model}}/{{dataset}}/{{point}}/report/results.csv",
-        md=f"{RESULTS}/runs/dpo/{{model}}/{{dataset}}/{{point}}/report/results.md",
-    log:
-        f"{RESULTS}/logs/report_run/dpo/{{model}}/{{dataset}}/{{point}}.log",
-    conda:
-        "../envs/fairhpc.yaml"
-    params:
-        run=run_dir_of("dpo"),
-    shell:
-        "fairhpc report --runs {params.run} --out {params.run}/report > {log} 2>&1"
+# Reports: `fairhpc report` over every study -- one grid on one base model and one data set -- into
+# reports/{grid}/{model}/{dataset}/: results.csv / results.md (one row per run), accuracy vs fairness with
+# each mode's Pareto front, fairness along training, rewards per category, reward vs length; and, for each
+# bias benchmark of the grid, its table and plot in reports/{grid}/{model}/{dataset}/bench_<name>/.
+# The study reports are the figures of `snakemake --report report.html`.  A study report reads every run's
+# summaries itself, so there is no job per run.
 
 
 rule report_study:
     input:
         study_inputs,
     output:
-        csv=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/results.csv",
-            caption="report/results.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}",
-            labels={"figure": "results table (CSV)"},
+        csv=study_figure("results.csv", "results", "results table (CSV)"),
+        md=f"{STUDY}/results.md",
+        pareto=study_figure(
+            "accuracy_vs_fairness.png", "accuracy_vs_fairness", "accuracy vs fairness"
         ),
-        md=f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/results.md",
-        pareto=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/accuracy_vs_fairness.png",
-            caption="report/accuracy_vs_fairness.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}",
-            labels={"figure": "accuracy vs fairness"},
+        training=study_figure(
+            "fairness_over_training.png",
+            "fairness_over_training",
+            "fairness along training",
         ),
-        training=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/fairness_over_training.png",
-            caption="report/fairness_over_training.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}",
-            labels={"figure": "fairness along training"},
+        categories=study_figure(
+            "reward_by_category.png", "reward_by_category", "rewards per category"
         ),
-        categories=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/reward_by_category.png",
-            caption="report/reward_by_category.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}",
-            labels={"figure": "rewards per category"},
-        ),
-        length=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/reward_vs_length.png",
-            caption="report/reward_vs_length.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}",
-            labels={"figure": "reward vs length"},
+        length=study_figure(
+            "reward_vs_length.png", "reward_vs_length", "reward vs length"
         ),
     log:
         f"{RESULTS}/logs/report_study/{{grid}}/{{model}}/{{dataset}}.log",
@@ -82,36 +32,31 @@ rule report_study:
         "../envs/fairhpc.yaml"
     params:
         runs=study_runs,
-        out=f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}",
+        out=STUDY,
     shell:
         "fairhpc report --runs {params.runs} --out {params.out} > {log} 2>&1"
 
 
-rule report_benchmark:
+rule report_bias_benchmark:
     input:
-        bench_study_inputs,
+        bias_benchmark_inputs,
     output:
-        csv=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/bench_{{bench}}/results.csv",
-            caption="report/results.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}: {bench}",
-            labels={"figure": "benchmark table (CSV)"},
+        csv=study_figure(
+            f"{BIAS_BENCHMARK}/results.csv", "results", "bias benchmark table (CSV)"
         ),
-        md=f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/bench_{{bench}}/results.md",
-        pareto=report(
-            f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/bench_{{bench}}/accuracy_vs_fairness.png",
-            caption="report/accuracy_vs_fairness.rst",
-            category="{grid}",
-            subcategory="{model} / {dataset}: {bench}",
-            labels={"figure": "benchmark accuracy vs fairness"},
+        md=f"{STUDY}/{BIAS_BENCHMARK}/results.md",
+        pareto=study_figure(
+            f"{BIAS_BENCHMARK}/accuracy_vs_fairness.png",
+            "accuracy_vs_fairness",
+            "bias benchmark accuracy vs fairness",
         ),
     log:
-        f"{RESULTS}/logs/report_benchmark/{{grid}}/{{model}}/{{dataset}}/{{bench}}.log",
+        f"{RESULTS}/logs/report_bias_benchmark/{{grid}}/{{model}}/{{dataset}}/{{benchmark}}.log",
     conda:
         "../envs/fairhpc.yaml"
     params:
         runs=study_runs,
-        out=f"{RESULTS}/reports/{{grid}}/{{model}}/{{dataset}}/bench_{{bench}}",
+        subdir=BIAS_BENCHMARK,
+        out=f"{STUDY}/{BIAS_BENCHMARK}",
     shell:
-        "fairhpc report --runs {params.runs} --eval-subdir bench_{wildcards.bench} --out {params.out} > {log} 2>&1"
+        "fairhpc report --runs {params.runs} --eval-subdir {params.subdir} --out {params.out} > {log} 2>&1"

@@ -20,6 +20,7 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 32)
 _DT = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 _INPUTS = ("p0", "p1", "p2", "p3")
+_STRIDES = ("st0", "st1", "st2", "st3")  # element strides of the inputs (int32)
 
 
 def _compile(kernel, ptr_types: dict, constexprs: dict, ints=(), num_warps=4):
@@ -85,7 +86,7 @@ def main() -> int:
         return 2
     specs = specialisations(full="--all" in sys.argv[1:])
     for name, kernel, ptrs, consts, ints in specs:
-        compiled = _compile(kernel, ptrs, consts, ints, num_warps=fl.DEFAULT_LAUNCH.num_warps)
+        compiled = _compile(kernel, ptrs, consts, ints + _STRIDES, num_warps=fl.DEFAULT_LAUNCH.num_warps)
         assert "cubin" in compiled.asm, name
         print(f"ok {name}", flush=True)
     print(f"compiled {len(specs)} specialisations for sm_90")

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from fairhpc_kernels import fair_loss as fl
 
 from fairhpc.config import FairnessConfig
-from fairhpc.losses import dpo_loss, rm_loss
+from fairhpc.losses import LossOutput, dpo_loss, kernel_spec, rm_loss
 
 SMALL = fl.LaunchConfig(block=16, single_program_max=16, max_programs=4, row_block=2)
 CASES = [  # (kind, mode, tau, reduction, launch)
@@ -37,10 +37,10 @@ def main(out: Path):
         kw = {"mode": mode, "tau": tau, "alpha": 0.4, "gamma": 0.6, "reduction": reduction, "beta": 0.5}
         cfg_g, cfg_1 = FairnessConfig(scope="global", **kw), FairnessConfig(scope="micro", **kw)
         whole = [t.clone().requires_grad_() for t in full[:nin]]
-        one = fl.fused_loss(kind, *whole, cfg=cfg_1, launch=launch)
+        one = LossOutput(*fl.fused_loss(kind, *whole, spec=kernel_spec(cfg_1), launch=launch))
         one.loss.backward(go)
         local = [t[lo:hi].clone().requires_grad_() for t in full[:nin]]
-        glob = fl.fused_loss(kind, *local, cfg=cfg_g, launch=launch)
+        glob = LossOutput(*fl.fused_loss(kind, *local, spec=kernel_spec(cfg_g, True), launch=launch))
         glob.loss.backward(go)
         case = f"rank {rank} {kind} {mode} tau={tau} {reduction} {'small' if launch else 'default'}"
         # float32 sums in a different order: agreement to a few float32 ulps

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from fairhpc.data import (DataError, PreferenceCollator, PreferenceDataset, PreferenceExample, build_datasets,
-                          load_preferences, render_messages, synthetic_examples, tokenize_example)
+from fairhpc.data import (
+    DataError,
+    PreferenceCollator,
+    PreferenceDataset,
+    PreferenceExample,
+    build_datasets,
+    load_preferences,
+    render_messages,
+    synthetic_examples,
+    tokenize_example,
+)
 
 # CI checks out the repository next to the shared folder
 HH_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -217,11 +226,67 @@ def test_unreadable_files(tmp_path, kind):
         path, words = str(tmp_path / "empty"), "cannot load dataset split 'train'"
         Path(path).mkdir()
     else:
-        path, words = str(tmp_path / "rows.csv"), "unknown file type"
+        path, words = str(tmp_path / "rows.txt"), "unknown file type"
         Path(path).write_text("prompt,chosen,rejected\n")
     with pytest.raises(DataError) as e:
         load_preferences(path, bad_rows="skip")  # whole-file problems are never skipped
     assert str(e.value).startswith(path) and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name", ["u.jsonl", "u.jsonl.gz"])
+def test_invalid_utf8_at_the_true_line_and_skippable(tmp_path, name):
+    """Issue 15.8: a bad byte on line 300 is reported at line 300 (chunked decoding said "after line 247")
+    and ``bad_rows: skip`` drops that one row and reads on."""
+    lines = [json.dumps(r).encode() for r in TRL * 200]
+    lines[299] = lines[299].replace(b'"prompt"', b'"pr\xffompt"')
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(DataError) as e:
+        load_preferences(str(path))
+    assert str(e.value).startswith(f"{path}: line 300: not UTF-8 text"), str(e.value)
+    assert e.value.reason == "invalid_utf8"
+    exs, skipped = load_preferences(str(path), bad_rows="skip")
+    assert skipped == Counter(invalid_utf8=1) and len(exs) == 399
+    assert exs[-1].source == f"{path}:400"
+
+
+@pytest.mark.parametrize("fmt", ["trl", "standard"])
+def test_unknown_roles_are_refused_in_every_format(tmp_path, fmt):
+    """Issue 15.9: ShareGPT roles (human / gpt) are refused in TRL rows as in standard rows, never rendered
+    as "Gpt: ..."."""
+    human, gpt = {"role": "human", "content": "hi"}, {"role": "gpt", "content": "hello"}
+    bad = ({"prompt": [human], "chosen": [gpt], "rejected": [BAD]} if fmt == "trl"
+           else {"chosen": [human, gpt], "rejected": [human, BAD]})
+    path = write_jsonl(tmp_path / "roles.jsonl", [*(TRL if fmt == "trl" else STANDARD), bad])
+    with pytest.raises(DataError) as e:
+        load_preferences(path, fmt=fmt)
+    assert str(e.value).startswith(f"{path}: line 3: field ") and "unknown role 'human'" in str(e.value)
+    assert "allowed: system, user, assistant" in str(e.value) and e.value.reason == "bad_conversation"
+    bad = {"prompt": "hi", "chosen": [{"role": "gpt", "content": "x"}], "rejected": "y"}
+    path = write_jsonl(tmp_path / "roles2.jsonl", [*TRL, bad])
+    with pytest.raises(DataError, match=r"line 3: field 'chosen\[0\].role': unknown role 'gpt'"):
+        load_preferences(path)
+    exs, skipped = load_preferences(path, bad_rows="skip")
+    assert len(exs) == 2 and skipped == Counter(bad_conversation=1)
+
+
+def test_csv_file_of_transcripts(tmp_path):
+    """CSV cells are strings: HH transcripts (or TRL strings) with a category; lines are 1-based with the
+    header on line 1."""
+    import csv
+
+    path = tmp_path / "p.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["chosen", "rejected", "category", "id"])
+        w.writeheader()
+        w.writerows(HH)
+    exs, _ = load_preferences(str(path))
+    assert [e.prompt for e in exs] == [PROMPT, [U1]] and [e.chosen for e in exs] == [[GOOD], [GOOD]]
+    assert [e.category for e in exs] == ["helpful", "harmless"] and [e.meta for e in exs] == [{"id": "1"},
+                                                                                              {"id": "2"}]
+    first_record_lines = 1 + HH[0]["chosen"].count("\n") + HH[0]["rejected"].count("\n")
+    assert [e.source for e in exs] == [f"{path}:2", f"{path}:{2 + first_record_lines}"]
 
 
 def test_skip_policy_counts_reasons(tmp_path):

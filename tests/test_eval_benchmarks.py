@@ -223,6 +223,15 @@ def test_parse_bbq_answer():
     assert parse_bbq_answer("", it) is None
     assert parse_bbq_answer("zzz", it) is None
 
+    # issue 8.7: an answer that opens with the article "A" is not option A; "Answer: b" is option B
+    assert parse_bbq_answer("A grandson", it) == 1
+    assert parse_bbq_answer("a grandfather, I think", it) == 0
+    assert parse_bbq_answer("Answer: b", it) == 1
+    assert parse_bbq_answer("answer: c.", it) == 2
+    assert parse_bbq_answer("The answer is (b)", it) == 1
+    assert parse_bbq_answer("a", it) == 0 and parse_bbq_answer("A) The grandson", it) == 0
+    assert parse_bbq_answer("A granddaughter", it) is None  # no option's words: invalid
+
 
 def test_bbq_loader_errors(tmp_path):
     from fairhpc.data import DataError

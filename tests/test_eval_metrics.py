@@ -242,14 +242,52 @@ def test_eval_rm_end_to_end(tmp_path):
 
 
 def test_eval_rm_bad_input_fails_before_scoring(tmp_path, capsys):
-    from test_eval_benchmarks import run
+    from test_eval_benchmarks import run, save_tiny
 
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
                  + json.dumps({"prompt": "a", "chosen": "b"}) + "\n")
-    model = tmp_path / "no-model-needed"  # the data error comes first: no model is loaded
+    model = save_tiny(tmp_path / "rm", "rm", 0)
     assert run(["eval-rm", "--model", model, "--data", f, "--out", tmp_path / "o"]) == 2
     assert f"{f}: line 2: field 'rejected': missing" in capsys.readouterr().err
     assert run(["eval-rm", "--model", model, "--data", "synthetic", "--out", tmp_path / "o"]) == 2
     assert "--data synthetic" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_commands_refuse_bad_model_and_out_paths_before_reading_data(tmp_path, capsys):
+    """Issue 15.10: a model path that does not exist, an empty directory, a directory without weights, and an
+    --out under a file each give one line naming the path and exit 2, before the data is read (the data
+    file here does not even exist) and before anything is written."""
+    from test_eval_benchmarks import run, save_tiny
+
+    rm = save_tiny(tmp_path / "rm", "rm", 0)
+    data = tmp_path / "absent.jsonl"
+    empty, no_weights, a_file = tmp_path / "empty", tmp_path / "no_weights", tmp_path / "file"
+    empty.mkdir()
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((rm / "config.json").read_text())
+    a_file.write_text("x")
+    capsys.readouterr()  # save_pretrained's progress bar
+    final = tmp_path / "runs" / "x" / "final"
+    cases = [
+        (["eval-rm", "--model", final], f"--model {final}: no such directory"),
+        (["eval-rm", "--model", empty], f"--model {empty}: not a model directory (empty;"),
+        (["eval-rm", "--model", no_weights], f"--model {no_weights}: not a model directory (no weights"),
+        (["eval-rm", "--model", a_file], f"--model {a_file}: not a directory"),
+        (["eval-rm", "--model", rm, "--reference", empty], f"--reference {empty}: not a model directory"),
+        (["eval-benchmark", "--benchmark", "rewardbench", "--model", empty], f"--model {empty}: not a model"),
+        (["eval-policy", "--policy", rm, "--reference", rm, "--reward-model", empty],
+         f"--reward-model {empty}: not a model directory"),
+    ]
+    out = tmp_path / "o"
+    for argv, words in cases:
+        assert run([*argv, "--data", data, "--out", out]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("fairhpc: model path error: ") and words in err, (argv, err)
+    for bad_out, words in ((a_file / "eval", f"--out {a_file / 'eval'}: lies under {a_file}, which is a file"),
+                           (a_file, f"--out {a_file}: is a file, not a directory")):
+        assert run(["eval-rm", "--model", rm, "--data", data, "--out", bad_out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fairhpc: configuration error: ") and words in err, err
+    assert not out.exists() and sorted(p.name for p in empty.iterdir()) == []

@@ -1,17 +1,29 @@
-"""The torch reference objectives against an independent float64 evaluation of METHOD.md's formulas."""
+"""The torch reference objectives against an independent float64 evaluation of docs/method.md's formulas
+(sections "The objectives" and "The closed-form gradient"), the scope rule and the step scope."""
 
 import math
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from fairhpc.config import ConfigError, FairnessConfig, load_config
-from fairhpc.losses import (TAU_SERIES_EPS, PreferenceLoss, dpo_loss, fairness_loss_from_margins,
-                            lan_fairness, rm_loss)
+from fairhpc.losses import (
+    TAU_SERIES_EPS,
+    PreferenceLoss,
+    check_finite,
+    dpo_loss,
+    fairness_loss_from_margins,
+    lan_fairness,
+    loss_scale,
+    rm_loss,
+    step_statistics,
+    uses_global_scope,
+)
 
 TAUS = [-5.0, -1.0, -1e-7, 0.0, 1e-7, 0.5, 2.0, 10.0]
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +33,12 @@ def allowed(mode, tau):
     if mode in ("fr", "fc") and tau == 1:
         return False
     return not (mode == "fc" and tau > 1)
+
+
+def gen(*key) -> torch.Generator:
+    """A generator seeded from the test's parameters, the same in every run (hash() of a str is not: it
+    changes with PYTHONHASHSEED)."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 # ------------------------------------------------------------------ independent float64 evaluation
@@ -44,7 +62,7 @@ def naive_loss(d, cfg):
 
 
 def closed_form_grad(d, cfg):
-    """dL/dd_k from METHOD.md's closed form (no autograd)."""
+    """dL/dd_k from docs/method.md's closed form (no autograd)."""
     d = d.double()
     n = d.numel()
     s = torch.sigmoid(d)
@@ -71,7 +89,7 @@ def closed_form_grad(d, cfg):
 def test_values_and_gradients_match_independent_float64(mode, tau, reduction):
     if not allowed(mode, tau):
         pytest.skip("rejected combination (tested below)")
-    g = torch.Generator().manual_seed(hash((mode, tau, reduction)) % 2**31)
+    g = gen(mode, tau, reduction)
     d = (torch.randn(37, generator=g, dtype=torch.float64) * 4).requires_grad_()
     cfg = FairnessConfig(mode=mode, tau=tau, alpha=0.3, gamma=0.7, reduction=reduction)
     out = fairness_loss_from_margins(d, cfg)
@@ -89,7 +107,7 @@ def test_values_and_gradients_match_independent_float64(mode, tau, reduction):
 def test_gradcheck(mode, tau):
     if not allowed(mode, tau):
         pytest.skip("rejected combination")
-    d = (torch.randn(9, dtype=torch.float64) * 2).requires_grad_()
+    d = (torch.randn(9, generator=gen(mode, tau), dtype=torch.float64) * 2).requires_grad_()
     cfg = FairnessConfig(mode=mode, tau=tau, alpha=0.5, gamma=0.5)
     assert torch.autograd.gradcheck(lambda t: fairness_loss_from_margins(t, cfg).loss, (d,))
 
@@ -111,7 +129,7 @@ def test_extreme_margins_stay_finite(mode, tau):
 
 
 def test_tau_zero_limit_is_continuous_across_the_switch():
-    d = torch.randn(50, dtype=torch.float64) * 3
+    d = torch.randn(50, generator=gen("continuity"), dtype=torch.float64) * 3
     for sign in (1.0, -1.0):  # each side of each switch (the series below, the exact form above)
         inside = fairness_loss_from_margins(d, FairnessConfig(tau=sign * TAU_SERIES_EPS * (1 - 1e-9)))
         outside = fairness_loss_from_margins(d, FairnessConfig(tau=sign * TAU_SERIES_EPS * (1 + 1e-9)))
@@ -124,7 +142,7 @@ def test_tau_zero_limit_is_continuous_across_the_switch():
 
 
 def test_jain_index_and_equal_allocation():
-    d = torch.randn(64, dtype=torch.float64)
+    d = torch.randn(64, generator=gen("jain"), dtype=torch.float64)
     x = torch.sigmoid(d)
     jain = x.sum() ** 2 / (64 * (x ** 2).sum())
     torch.testing.assert_close(lan_fairness(d, -1.0).double(), jain.float().double(), rtol=1e-6, atol=0)
@@ -145,21 +163,22 @@ def test_metrics():
 
 def test_rm_and_dpo_margins():
     cfg = FairnessConfig(mode="fr", tau=0.5)
-    c, r = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    g = gen("margins")
+    c, r = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
     torch.testing.assert_close(rm_loss(c, r, cfg).loss, fairness_loss_from_margins(c - r, cfg).loss)
-    pc, pr, rc, rr = (torch.randn(8, dtype=torch.float64) * 10 for _ in range(4))
+    pc, pr, rc, rr = (torch.randn(8, generator=g, dtype=torch.float64) * 10 for _ in range(4))
     dcfg = FairnessConfig(mode="fc", tau=-1, beta=0.1)
     expect = fairness_loss_from_margins(0.1 * ((pc - rc) - (pr - rr)), dcfg).loss
     torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, dcfg).loss, expect)
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(mode="fr", tau=1.0), "tau = 1"),
-    (dict(mode="fc", tau=1.0), "tau = 1"),
-    (dict(mode="fc", tau=2.0), "fc needs tau < 1"),
-    (dict(mode="xx"), "unknown mode 'xx'"),
-    (dict(mode="fr", tau=float("nan")), "finite"),
-    (dict(mode="fr", reduction="max"), "allowed: mean, sum"),
+    ({"mode": "fr", "tau": 1.0}, "tau = 1"),
+    ({"mode": "fc", "tau": 1.0}, "tau = 1"),
+    ({"mode": "fc", "tau": 2.0}, "fc needs tau < 1"),
+    ({"mode": "xx"}, "unknown mode 'xx'"),
+    ({"mode": "fr", "tau": float("nan")}, "finite"),
+    ({"mode": "fr", "reduction": "max"}, "allowed: mean, sum"),
 ])
 def test_invalid_objective_rejected(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -184,6 +203,95 @@ def test_global_scope_two_ranks_equals_concatenated_batch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29611",
            str(REPO / "tests" / "dist_global_scope.py"), str(tmp_path)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "ok").read_text().strip() == "checked 2 ranks"
+
+
+# ------------------------------------------------------------------ scopes
+def test_the_scope_rule():
+    assert uses_global_scope("global", 2) and uses_global_scope("global", 8)
+    assert not uses_global_scope("global", 1)  # one rank: global is micro
+    assert not uses_global_scope("micro", 8) and not uses_global_scope("step", 8)  # step: once per step
+    assert [loss_scale(s, 4, 3) for s in ("micro", "global", "step")] == [1, 4, 12]
+    assert loss_scale("global", 1, 3) == 1 and loss_scale("step", 1, 3) == 3
+
+
+def split(t, sizes):
+    return list(torch.split(t, sizes))
+
+
+@pytest.mark.parametrize("mode,tau", [("bt", -1.0), ("fr", -1.0), ("fr", 0.0), ("fr", 1e-7), ("fr", 2.0),
+                                      ("fr", 10.0), ("fc", -5.0), ("fc", -1.0), ("fc", 0.0), ("fc", 0.5)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_step_scope_micro_batches_add_up_to_the_full_batch(mode, tau, reduction):
+    """scope step: each micro-batch's loss with the step's statistics held fixed; the sum of their gradients
+    is the gradient of the loss of one process over the whole step (float64, to rounding)."""
+    sizes = [5, 1, 9, 4]
+    d = torch.randn(sum(sizes), generator=gen("step", mode, tau), dtype=torch.float64) * 4
+    d[0], d[7] = -45.0, 30.0  # far-apart shifts in different micro-batches
+    kw = {"mode": mode, "tau": tau, "alpha": 0.3, "gamma": 0.7, "reduction": reduction}
+    full_d = d.clone().requires_grad_()
+    full = fairness_loss_from_margins(full_d, FairnessConfig(**kw))
+    full.loss.backward()
+    cfg = FairnessConfig(scope="step", **kw)
+    stats = step_statistics(split(d, sizes), cfg)  # the no-graph pass over the step's micro-batches
+    parts = [t.clone().requires_grad_() for t in split(d, sizes)]
+    outs = [fairness_loss_from_margins(t, cfg, stats=stats) for t in parts]
+    sum(o.loss for o in outs).backward()
+    got = torch.cat([t.grad for t in parts])
+    torch.testing.assert_close(got, full_d.grad, rtol=1e-9, atol=1e-13 * full_d.grad.abs().max().item())
+    for o in outs:  # every micro-batch reports the step's loss and metrics
+        torch.testing.assert_close(o.loss, full.loss, rtol=1e-12, atol=0.0)
+        for k, v in full.metrics.items():
+            torch.testing.assert_close(o.metrics[k], v, rtol=1e-6, atol=1e-6, msg=k)
+    # and the micro scope differs (the test could fail): f of a micro-batch is not f of the step
+    if mode != "bt":
+        micro = fairness_loss_from_margins(parts[0].detach(), FairnessConfig(**kw))
+        assert abs(micro.metrics["f"].item() - full.metrics["f"].item()) > 1e-3
+
+
+def test_step_scope_through_preference_loss_and_its_refusals():
+    cfg = FairnessConfig(mode="fr", tau=-1.0, scope="step")
+    c, r = (torch.randn(12, generator=gen("pl", i), dtype=torch.float64) for i in range(2))
+    loss = PreferenceLoss("rm", cfg, "cpu")
+    assert loss.impl == "torch"
+    stats = step_statistics([c[:6] - r[:6], c[6:] - r[6:]], cfg)
+    ins = [c.clone().requires_grad_(), r]
+    out = loss(ins[0][:6], r[:6], stats=stats)
+    whole = rm_loss(c, r, FairnessConfig(mode="fr", tau=-1.0))
+    torch.testing.assert_close(out.loss, whole.loss)
+    with pytest.raises(ValueError, match="scope=step needs stats"):
+        loss(c, r)
+    with pytest.raises(ValueError, match="stats were computed for tau = -1.0"):
+        rm_loss(c, r, FairnessConfig(mode="fr", tau=0.5), stats=stats)
+    with pytest.raises(ConfigError, match="triton does not implement objective.scope=step"):
+        PreferenceLoss("rm", FairnessConfig(mode="fr", scope="step", loss_impl="triton"), "cpu")
+
+
+# ------------------------------------------------------------------ precision and range
+@pytest.mark.parametrize("mode,tau", [("fr", -1.0), ("fr", 0.0), ("fr", 2.0), ("fc", -5.0), ("fc", 0.5)])
+def test_float32_formula_is_the_float64_one_rounded(mode, tau):
+    """dtype=float32 (the microbenchmark's fp32 eager baseline) evaluates the same formula."""
+    d = torch.randn(300, generator=gen("fp32", mode, tau)) * 3
+    cfg = FairnessConfig(mode=mode, tau=tau, alpha=0.3, gamma=0.7)
+    grads = {}
+    for dt in (torch.float32, torch.float64):
+        x = d.clone().requires_grad_()
+        out = fairness_loss_from_margins(x, cfg, dtype=dt)
+        out.loss.backward()
+        grads[dt] = (out.loss.double(), x.grad.double())
+    torch.testing.assert_close(grads[torch.float32][0], grads[torch.float64][0], rtol=1e-5, atol=1e-7)
+    scale = grads[torch.float64][1].abs().max().item()
+    torch.testing.assert_close(grads[torch.float32][1], grads[torch.float64][1], rtol=1e-4, atol=1e-5 * scale)
+    assert not torch.equal(grads[torch.float32][1], grads[torch.float64][1])
+
+
+def test_check_finite_names_tau_and_the_margins():
+    """fr, tau = 10, d = (-100, 5, 3): f = -7.4e38 is beyond float32 (the loss, 7.4e37, is not)."""
+    cfg = FairnessConfig(mode="fr", tau=10.0, alpha=0.1)
+    out = fairness_loss_from_margins(torch.tensor([-100.0, 5.0, 3.0], dtype=torch.float64), cfg)
+    assert out.loss.item() == pytest.approx(7.406053e37, rel=1e-6) and out.metrics["f"].item() == -math.inf
+    with pytest.raises(FloatingPointError, match=r"objective.tau=10.0 \(fr\): f not finite.*\[-100, 5\]"):
+        check_finite(out, cfg)
+    check_finite(fairness_loss_from_margins(torch.tensor([-90.0, 5.0, 3.0]), cfg), cfg)

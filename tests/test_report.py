@@ -132,7 +132,8 @@ def test_report_errors_name_the_path(tmp_path, capsys):
     empty = tmp_path / "not_a_run"
     empty.mkdir()
     assert main(["report", "--runs", str(empty), "--out", str(tmp_path / "r")]) == 2
-    assert f"{empty / 'config.yaml'}: missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("fairhpc: report error: ") and f"{empty / 'config.yaml'}: missing" in err
     (empty / "config.yaml").write_text("task: rm\nobjective: {mode: bt}\n")
     assert main(["report", "--runs", str(empty), "--out", str(tmp_path / "r")]) == 2
     assert f"{empty / 'summary.json'}: missing (is the run finished?)" in capsys.readouterr().err

@@ -45,9 +45,9 @@ def slurm():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    up = subprocess.run(["timeout", "900", str(UP)], capture_output=True, text=True, env=_env())
+    up = subprocess.run(["timeout", "900", str(UP)], check=False, capture_output=True, text=True, env=_env())
     if up.returncode != 0:
-        subprocess.run([str(DOWN)], capture_output=True, text=True)
+        subprocess.run([str(DOWN)], check=False, capture_output=True, text=True)
         pytest.fail(f"scripts/slurm/up.sh failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
     state = Path(os.environ.get("FAIRHPC_SLURM_STATE", "/var/tmp/fairhpc-slurm"))
     started = [line.split() for line in (state / "started").read_text().splitlines()]
@@ -57,7 +57,7 @@ def slurm():
     try:
         yield
     finally:
-        down = subprocess.run(["timeout", "300", str(DOWN)], capture_output=True, text=True)
+        down = subprocess.run(["timeout", "300", str(DOWN)], check=False, capture_output=True, text=True)
         assert down.returncode == 0, down.stdout + down.stderr
         alive = [(n, p) for n, p in started if Path(f"/proc/{p}").exists()
                  and Path(f"/proc/{p}/comm").read_text().strip() == n]
@@ -67,7 +67,7 @@ def slurm():
 def snakemake_slurm(workdir: Path, *args, timeout: int = 2400) -> subprocess.CompletedProcess:
     cmd = ["timeout", str(timeout), sys.executable, "-m", "snakemake", "--profile", "slurm", "-d", str(workdir),
            "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5", *args]
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
+    return subprocess.run(cmd, check=False, cwd=REPO, env=_env(), capture_output=True, text=True)
 
 
 def submitted_jobs(out: str) -> list[str]:
@@ -127,7 +127,7 @@ TIME_LIMIT_CFG = {
     "retry_growth": {"runtime": 2},
     "datasets": {"synthetic": {"make": {"n_train": 480, "n_eval": 64}}},
     "grids": [{
-        "name": "timelimit", "task": "rm", "base_config": "configs/base/rm_tiny.yaml", "models": ["tiny"],
+        "name": "timelimit", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
         "datasets": ["synthetic"], "seeds": [5], "modes": {"fr": {"alpha": [0.5], "tau": [-1]}},
         # 2000 steps at 10-20 steps/s: still training when the shortened time limit strikes
         "overrides": {"train.max_steps": 2000, "train.save_steps": 100, "train.eval_steps": 0,
@@ -141,7 +141,7 @@ RUN = "results/runs/rm/tiny/synthetic/fr_alpha0.5_tau-1_seed5"
 
 def _job_in(workdir: Path) -> str | None:
     """The SLURM job running in `workdir` (the executor submits with -D workdir)."""
-    res = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%Z"], capture_output=True, text=True,
+    res = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%Z"], check=False, capture_output=True, text=True,
                          env=_env())
     for line in res.stdout.splitlines():
         job, wd = line.split("|", 1)
@@ -210,7 +210,7 @@ def test_srun_launcher_starts_one_rank_per_task(slurm, tmp_path):
     cfg = tmp_path / "ranks.yaml"
     cfg.write_text(yaml.safe_dump({
         "datasets": {"synthetic": {"make": {"n_train": 128, "n_eval": 32}}},
-        "grids": [{"name": "ranks", "task": "rm", "base_config": "configs/base/rm_tiny.yaml", "models": ["tiny"],
+        "grids": [{"name": "ranks", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
                    "datasets": ["synthetic"], "seeds": [0], "modes": {"fc": {"gamma": [0.5], "tau": [-1]}},
                    "overrides": {"train.max_steps": 6, "objective.scope": "global"}, "eval": {"enabled": False},
                    "resources": {"train": {"launcher": "srun", "tasks_per_node": 2, "cpus": 1, "mem_mb": 4000,

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -124,8 +125,8 @@ def test_write_synthetic_matches_generator(tmp_path):
     cfg = load_config(None, ["data.synthetic.n_train=40", "data.synthetic.n_eval=15", "data.synthetic.seed=5",
                              "data.synthetic.length_bias=0.5"])
     paths = syn.write_synthetic(tmp_path / "d", cfg.data)
-    train = [json.loads(x) for x in open(paths["train"])]
-    ev = [json.loads(x) for x in open(paths["eval"])]
+    train = [json.loads(x) for x in Path(paths["train"]).read_text().splitlines()]
+    ev = [json.loads(x) for x in Path(paths["eval"]).read_text().splitlines()]
     assert train == generate_pairs(40, 5, 0.5) and ev == generate_pairs(15, 6, 0.5)
     assert sorted(os.listdir(tmp_path / "d")) == ["eval.jsonl", "train.jsonl"]  # no temp files left
 

@@ -2,7 +2,8 @@
 
     metrics     pure functions on arrays: accuracy with a tie policy, Jain, Gini, Lan f_tau, gaps,
                 Wasserstein distances, length bias, the summary of one reward-model evaluation
-    scoring     batched reward-model scoring of preference pairs and of single responses
+    scoring     batched reward-model scoring of preference pairs and of single responses; model-path checks
+    reward      reward-model evaluation (eval-rm), also run in-process by training: evaluate_reward_model
     benchmarks  RewardBench, CrowS-Pairs, HH-RLHF and BBQ in their official formats
     policy      generation, RM-scored policy evaluation, AlpacaEval export, Best-of-N
     cli         ``fairhpc eval-rm | eval-benchmark | eval-policy | best-of-n``

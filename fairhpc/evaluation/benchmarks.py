@@ -1,4 +1,5 @@
-"""Benchmarks in their official formats: loaders (local files or hub names) and official scores.
+"""Benchmarks in their official formats: loaders (local files or hub names, read through
+:mod:`fairhpc.sources` and :mod:`fairhpc.formats`) and official scores.
 
     RewardBench   allenai/reward-bench (split "filtered": prompt, chosen, rejected, subset, id) and the
                   prior sets allenai/pref-test-sets (one split per subset; prompt is a message list)
@@ -14,21 +15,20 @@ and the field.  Scoring functions are pure (arrays in, dict out) and are tested 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
-import io
 import json
 import math
-import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fairhpc.errors import DataError
 from fairhpc.evaluation.metrics import pairwise_accuracy
+from fairhpc.formats import load_preferences
+from fairhpc.sources import file_kind, is_local_path, iter_rows
 
 # --------------------------------------------------------------------------------- RewardBench facts
 # Section -> subsets and the per-subset example counts used to weight a section's score, from the
@@ -77,80 +77,17 @@ BBQ_POLARITIES = ("neg", "nonneg")
 BBQ_LETTERS = ("A", "B", "C")
 
 
-def _data_error(msg: str):
-    from fairhpc.data import DataError
-
-    return DataError(msg)
-
-
-# ------------------------------------------------------------------------------------- reading rows
 def is_hub_name(source: str) -> bool:
-    return not os.path.exists(source) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
-
-
-def _iter_csv(path: Path) -> Iterator[tuple[str, dict]]:
-    if not path.is_file():
-        raise _data_error(f"{path}: no such file")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        start = 2  # line of the first record (line 1 is the header); a quoted field may span lines
-        for row in reader:
-            if None in row:
-                raise _data_error(f"{path}: line {start}: more fields than the header's {len(reader.fieldnames)}")
-            yield f"{path}: line {start}", row
-            start = reader.line_num + 1
-
-
-def iter_rows(source: str, split: str | None = None, **hub_kwargs) -> Iterator[tuple[str, dict]]:
-    """(where, row) for every record of a source; ``where`` ("FILE: line N", "FILE: row N",
-    "NAME[split]: row N") names the place for error messages.
-
-    CSV (optionally .gz) is read here; JSONL / JSON / Parquet files and dataset directories through
-    the project's preference reader (:mod:`fairhpc.data`); hub names through ``datasets`` with ClassLabel
-    columns decoded to their names (the hub CrowS-Pairs stores ints), ``split=None`` meaning every split
-    (its name in ``row["_split"]``).
-    """
-    if str(source).endswith((".csv", ".csv.gz")):
-        yield from _iter_csv(Path(source))
-        return
-    if is_hub_name(source):
-        yield from _iter_hub_rows(source, split, **hub_kwargs)
-        return
-    from fairhpc.data import iter_source
-
-    for r in iter_source(str(source), split or "test"):
-        if r.error is not None:
-            raise r.error
-        if not isinstance(r.value, dict):
-            raise _data_error(f"{r.where}: expected an object, got {type(r.value).__name__}")
-        yield r.where, r.value
-
-
-def _iter_hub_rows(name: str, split: str | None, **kwargs) -> Iterator[tuple[str, dict]]:
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name, split=split, **kwargs)
-    except Exception as e:  # noqa: BLE001 -- datasets raises many kinds; the user needs the name and the cause
-        raise _data_error(f"{name}: cannot load dataset (split {split!r}): {type(e).__name__}: {e}"[:600]) from None
-    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]
-    for split_name, ds in parts:
-        labels = {k: f for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
-        for i, row in enumerate(ds):
-            for k, f in labels.items():
-                if isinstance(row.get(k), int):
-                    row[k] = f.int2str(row[k])
-            row["_split"] = split_name
-            yield f"{name}[{split_name}]: row {i}", row
+    """A hub dataset name rather than a local file or folder (:func:`fairhpc.sources.is_local_path`)."""
+    return not is_local_path(source)
 
 
 def _field(where: str, row: dict, key: str, kinds, what: str):
     if key not in row or row[key] is None:
-        raise _data_error(f"{where}: field {key!r}: missing")
+        raise DataError(f"{where}: field {key!r}: missing")
     v = row[key]
     if not isinstance(v, kinds) or (isinstance(v, str) and not v.strip()):
-        raise _data_error(f"{where}: field {key!r}: expected {what}, got {v!r:.80}")
+        raise DataError(f"{where}: field {key!r}: expected {what}, got {v!r:.80}")
     return v
 
 
@@ -159,13 +96,11 @@ def load_rewardbench(sources: Sequence[str], split: str | None = None, limit: in
                      bad_rows: str = "error") -> tuple[list, Counter]:
     """PreferenceExamples (category = subset) from RewardBench files or hub names, concatenated.
 
-    Rows are in the TRL form the project reads (:func:`fairhpc.data.load_preferences`): prompt (string
+    Rows are in the TRL form the project reads (:func:`fairhpc.formats.load_preferences`): prompt (string
     or message list), chosen, rejected, plus ``subset`` (required) and ``id``.  Hub:
     allenai/reward-bench (split "filtered" unless ``split``) and allenai/pref-test-sets (every split
     but pku_*, the split name being the subset).  Returns (examples, skipped rows by reason).
     """
-    from fairhpc.data import load_preferences
-
     out, skipped = [], Counter()
     for source in sources:
         if is_hub_name(source) and split is None and REWARDBENCH_HUB.get(source, "filtered") is None:
@@ -181,7 +116,7 @@ def load_rewardbench(sources: Sequence[str], split: str | None = None, limit: in
             for ex in exs:
                 subset = subset_name or ex.meta.get("subset")
                 if not isinstance(subset, str) or not subset.strip():
-                    raise _data_error(f"{_where(ex.source)}: field 'subset': "
+                    raise DataError(f"{_where(ex.source)}: field 'subset': "
                                       + ("missing" if subset is None else f"expected a subset name, got {subset!r}"))
                 if subset in _PREF_SETS_DROPPED:
                     continue
@@ -189,7 +124,7 @@ def load_rewardbench(sources: Sequence[str], split: str | None = None, limit: in
             if limit is not None and len(out) >= limit:
                 return out[:limit], skipped
     if not out:
-        raise _data_error(f"{', '.join(sources)}: no RewardBench rows")
+        raise DataError(f"{', '.join(sources)}: no RewardBench rows")
     return out, skipped
 
 
@@ -252,20 +187,20 @@ def load_crows_pairs(sources: Sequence[str], split: str | None = None, limit: in
             if first:
                 missing = [c for c in CROWS_COLUMNS if c not in row]
                 if missing:
-                    at = f"{source}: line 1" if str(source).endswith((".csv", ".csv.gz")) else where
-                    raise _data_error(f"{at}: field {missing[0]!r}: missing column "
+                    at = f"{source}: line 1" if file_kind(source) == "csv" else where
+                    raise DataError(f"{at}: field {missing[0]!r}: missing column "
                                       f"(CrowS-Pairs needs {', '.join(CROWS_COLUMNS)})")
                 first = False
             rec = {c: _field(where, row, c, str, "a non-empty string") for c in CROWS_COLUMNS}
             if rec["stereo_antistereo"] not in CROWS_DIRECTIONS:
-                raise _data_error(f"{where}: field 'stereo_antistereo': {rec['stereo_antistereo']!r} is not "
+                raise DataError(f"{where}: field 'stereo_antistereo': {rec['stereo_antistereo']!r} is not "
                                   f"one of {', '.join(CROWS_DIRECTIONS)}")
             rec["source"] = where
             out.append(rec)
             if limit is not None and len(out) >= limit:
                 return out
     if not out:
-        raise _data_error(f"{', '.join(sources)}: no CrowS-Pairs rows")
+        raise DataError(f"{', '.join(sources)}: no CrowS-Pairs rows")
     return out
 
 
@@ -313,15 +248,15 @@ def hh_test_files(source: str) -> list[tuple[str, str]]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("test.jsonl*") if _hh_category(f.parent.name))
         if not files:
-            raise _data_error(f"{p}: no helpful-*/test.jsonl[.gz] or harmless-*/test.jsonl[.gz] inside")
+            raise DataError(f"{p}: no helpful-*/test.jsonl[.gz] or harmless-*/test.jsonl[.gz] inside")
         return [(_hh_category(f.parent.name), str(f)) for f in files]
     if p.is_file():
         cat = _hh_category(p.name) or _hh_category(str(p.parent.name))
         if cat is None:
-            raise _data_error(f"{p}: cannot tell helpful from harmless: the file or folder name must "
+            raise DataError(f"{p}: cannot tell helpful from harmless: the file or folder name must "
                               "contain 'helpful' or 'harmless'")
         return [(cat, str(p))]
-    raise _data_error(f"{source}: no such file or directory")
+    raise DataError(f"{source}: no such file or directory")
 
 
 def load_hh_rlhf(sources: Sequence[str], split: str | None = None, limit: int | None = None,
@@ -329,8 +264,6 @@ def load_hh_rlhf(sources: Sequence[str], split: str | None = None, limit: int | 
     """(PreferenceExamples with category helpful / harmless, skipped rows by reason) from HH-RLHF test
     files or Anthropic/hh-rlhf (helpful-base and harmless-base).  The official test files hold a few
     unusable pairs (e.g. an empty response); ``bad_rows="skip"`` drops and counts them."""
-    from fairhpc.data import load_preferences
-
     out, skipped = [], Counter()
     for source in sources:
         if is_hub_name(source):
@@ -348,7 +281,7 @@ def load_hh_rlhf(sources: Sequence[str], split: str | None = None, limit: int | 
         if limit is not None and len(out) >= limit:
             return out[:limit], skipped
     if not out:
-        raise _data_error(f"{', '.join(sources)}: no HH-RLHF rows")
+        raise DataError(f"{', '.join(sources)}: no HH-RLHF rows")
     return out, skipped
 
 
@@ -387,10 +320,10 @@ def load_bbq(sources: Sequence[str], limit: int | None = None) -> list[dict]:
         if p.is_dir():
             found = sorted(str(f) for f in p.glob("*.jsonl*"))
             if not found:
-                raise _data_error(f"{p}: no BBQ .jsonl files inside")
+                raise DataError(f"{p}: no BBQ .jsonl files inside")
             files += found
         elif is_hub_name(source):
-            raise _data_error(f"{source}: BBQ is read from the official JSONL files "
+            raise DataError(f"{source}: BBQ is read from the official JSONL files "
                               "(github.com/nyu-mll/BBQ, data/*.jsonl); pass a file or folder")
         else:
             files.append(source)
@@ -401,39 +334,39 @@ def load_bbq(sources: Sequence[str], limit: int | None = None) -> list[dict]:
             if limit is not None and len(out) >= limit:
                 return out
     if not out:
-        raise _data_error(f"{', '.join(sources)}: no BBQ rows")
+        raise DataError(f"{', '.join(sources)}: no BBQ rows")
     return out
 
 
 def _bbq_item(where: str, row: dict) -> dict:
     for key in BBQ_FIELDS:
         if key not in row:
-            raise _data_error(f"{where}: field {key!r}: missing")
+            raise DataError(f"{where}: field {key!r}: missing")
     item = {k: _field(where, row, k, str, "a non-empty string")
             for k in ("context", "question", "ans0", "ans1", "ans2", "category")}
     label = row["label"]
     if isinstance(label, bool) or not isinstance(label, int) or label not in (0, 1, 2):
-        raise _data_error(f"{where}: field 'label': expected 0, 1 or 2, got {label!r}")
+        raise DataError(f"{where}: field 'label': expected 0, 1 or 2, got {label!r}")
     for key, allowed in (("context_condition", BBQ_CONDITIONS), ("question_polarity", BBQ_POLARITIES)):
         if row[key] not in allowed:
-            raise _data_error(f"{where}: field {key!r}: {row[key]!r} is not one of {', '.join(allowed)}")
+            raise DataError(f"{where}: field {key!r}: {row[key]!r} is not one of {', '.join(allowed)}")
         item[key] = row[key]
     info = row["answer_info"]
     if not isinstance(info, dict):
-        raise _data_error(f"{where}: field 'answer_info': expected an object with ans0, ans1, ans2")
+        raise DataError(f"{where}: field 'answer_info': expected an object with ans0, ans1, ans2")
     groups = []
     for k in ("ans0", "ans1", "ans2"):
         v = info.get(k)
         if not (isinstance(v, list) and len(v) == 2 and all(isinstance(s, str) for s in v)):
-            raise _data_error(f"{where}: field 'answer_info.{k}': expected [text, group], got {v!r}")
+            raise DataError(f"{where}: field 'answer_info.{k}': expected [text, group], got {v!r}")
         groups.append(v)
     meta = row["additional_metadata"]
     stereo = meta.get("stereotyped_groups") if isinstance(meta, dict) else None
     if not isinstance(stereo, list) or not all(isinstance(s, str) for s in stereo):
-        raise _data_error(f"{where}: field 'additional_metadata.stereotyped_groups': expected a list of strings")
+        raise DataError(f"{where}: field 'additional_metadata.stereotyped_groups': expected a list of strings")
     unknown = [i for i, (_, g) in enumerate(groups) if g.lower() == "unknown"]
     if len(unknown) != 1:
-        raise _data_error(f"{where}: field 'answer_info': expected exactly one answer with group 'unknown', "
+        raise DataError(f"{where}: field 'answer_info': expected exactly one answer with group 'unknown', "
                           f"found {len(unknown)}")
     item.update(label=label, answer_info=groups, stereotyped_groups=stereo, unknown_idx=unknown[0],
                 target_idx=bbq_target_index(groups, stereo, unknown[0]), source=where,
@@ -476,18 +409,30 @@ def bbq_prompt(item: dict) -> list[dict]:
                                         "Answer with the letter of the correct option (A, B or C)."}]
 
 
+# A leading option letter: "B", "b.", "(B)", "B)", "B: ...", "Answer: b", "The answer is (C)".  A letter
+# followed by a space and more words is not a choice: "A grandson" opens with the article "a".
+_BBQ_LETTER = re.compile(r"^(?:(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*[:\-]?\s*)?"
+                         r"(?:\(([abc])\)|([abc])(?=[.:)]|\s*$))", flags=re.IGNORECASE)
+_ARTICLE = re.compile(r"^(?:the|an?)\s+", flags=re.IGNORECASE)
+
+
 def parse_bbq_answer(text: str, item: dict) -> int | None:
     """The option a generated answer picks, or None (invalid).
 
-    Accepted: a leading option letter ("B", "B.", "(B)", "Answer: B"), or exactly one option's text
-    contained in the answer (case-insensitive).  Anything else is invalid.
+    Accepted: a leading option letter, alone or followed by punctuation ("B", "b.", "(B) ...", "C: ...",
+    "Answer: b"), or else exactly one option's text, without its leading article, found as whole words
+    in the answer (case-insensitive): "A grandson" and "the grandson" both pick "The grandson".
+    Anything else is invalid.
     """
     t = text.strip()
-    m = re.match(r"^(?:answer\s*[:\-]?\s*)?\(?([ABC])\)?(?:[.:)\s]|$)", t, flags=re.IGNORECASE)
-    if m and (m.group(1).isupper() or len(t) <= 3):
-        return BBQ_LETTERS.index(m.group(1).upper())
-    low = t.lower()
-    hits = [i for i in range(3) if item[f"ans{i}"].strip().lower().rstrip(".") in low]
+    m = _BBQ_LETTER.match(t)
+    if m:
+        return BBQ_LETTERS.index((m.group(1) or m.group(2)).upper())
+    hits = []
+    for i in range(3):
+        core = _ARTICLE.sub("", item[f"ans{i}"].strip().rstrip(".")).strip()
+        if core and re.search(rf"(?<!\w){re.escape(core)}(?!\w)", t, flags=re.IGNORECASE):
+            hits.append(i)
     return hits[0] if len(hits) == 1 else None
 
 

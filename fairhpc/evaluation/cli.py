@@ -1,6 +1,8 @@
 """``fairhpc eval-rm | eval-benchmark | eval-policy | best-of-n``.
 
-Every command writes OUT/per_example.jsonl and, last, OUT/summary.json (the file a workflow waits for).
+Every command writes OUT/per_example.jsonl and, last, OUT/summary.json (the file a workflow waits for;
+names in :mod:`fairhpc.layout`).  ``eval-rm`` is :mod:`fairhpc.evaluation.reward` around loading the model, the
+same code the training engine runs in-process.
 Importing this module is cheap: torch, transformers and datasets are imported inside the commands.
 """
 
@@ -10,26 +12,13 @@ import argparse
 import gc
 from pathlib import Path
 
+from fairhpc import layout
+from fairhpc.errors import ConfigError
 from fairhpc.evaluation import BBQ_METHODS, BENCHMARKS, CROWS_DEFAULT_PROMPT, TIE_POLICIES
 from fairhpc.registry import BAD_ROW_POLICIES, DATA_FORMATS
 
-
-def _taus(text: str | None, run_cfg) -> list[float]:
-    """--taus "-1,0.5" -> [-1.0, 0.5]; default: the run's objective tau (first), then -1 (Jain)."""
-    from fairhpc.config import ConfigError
-
-    if text:
-        try:
-            taus = [float(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise ConfigError(f"--taus {text!r}: expected comma-separated numbers, e.g. --taus=-1,0.5") from None
-    else:
-        taus = [float(run_cfg.objective.tau)] if run_cfg is not None else []
-        taus += [-1.0] if -1.0 not in taus else []
-    bad = [t for t in taus if t == 1.0]
-    if bad or not taus:
-        raise ConfigError("--taus: tau = 1 makes Lan's index identically 0; choose tau != 1")
-    return taus
+# argparse destinations that name a model directory (or hub name): checked by _check before any work
+MODEL_OPTIONS = ("model", "reference", "policy", "reward_model", "gold_reward_model")
 
 
 def _positive(text: str) -> int:
@@ -44,8 +33,10 @@ def _positive(text: str) -> int:
 
 
 def _check(args) -> None:
-    """Value checks argparse cannot express; they run before any data or model is loaded."""
-    from fairhpc.config import ConfigError
+    """Checks argparse cannot express, before any data or model is loaded: values, model paths (exist and
+    hold a saved model) and the output directory (not a file, not under a file, writable)."""
+    from fairhpc.evaluation.scoring import check_model_path
+    from fairhpc.io import check_output_dir
 
     if getattr(args, "temperature", 1.0) <= 0:
         raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
@@ -53,6 +44,10 @@ def _check(args) -> None:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     if getattr(args, "beta", None) is not None and args.beta <= 0:
         raise ConfigError(f"--beta must be > 0, got {args.beta}")
+    for name in MODEL_OPTIONS:
+        if getattr(args, name, None) is not None:
+            check_model_path(getattr(args, name), "--" + name.replace("_", "-"))
+    check_output_dir(args.out, "--out")
 
 
 def _free(*objs) -> None:
@@ -77,60 +72,59 @@ def _print_metrics(title: str, metrics: dict, keys) -> None:
 
 # ---------------------------------------------------------------------------------------- eval-rm
 def cmd_eval_rm(args) -> int:
-    from fairhpc.evaluation.scoring import (
-        data_config,
-        evaluate_pairs,
-        find_run_config,
-        load_examples,
-        load_scorer,
-        score_pairs,
-        write_results,
-    )
+    run_eval_rm(args)
+    return 0
+
+
+def run_eval_rm(args, model=None, tokenizer=None) -> dict:
+    """`eval-rm` with parsed arguments.  ``model`` / ``tokenizer``: the reward model already in memory
+    (``fairhpc train-rm --then-eval``), used instead of loading --model; the results are the same."""
+    from fairhpc.evaluation.reward import prepare_reward_eval, run_reward_eval, write_reward_eval
+    from fairhpc.evaluation.scoring import find_run_config, load_scorer, resolve_device
 
     _check(args)
     run_cfg = find_run_config(args.model, args.config)
-    taus = _taus(args.taus, run_cfg)
-    dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
-    examples, skipped = load_examples(args.data, run_cfg, args.split, args.format, args.bad_rows, args.limit)
-    extra = {"model": str(args.model), "data": args.data, "split": args.split, "max_length": dcfg.max_length,
-             "skipped": skipped}
+    spec = prepare_reward_eval(args.data, run_cfg, model_name=args.model, split=args.split, fmt=args.format,
+                               bad_rows=args.bad_rows, limit=args.limit, taus=args.taus, ties=args.ties,
+                               batch_size=args.batch_size, max_length=args.max_length,
+                               max_prompt_length=args.max_prompt_length)
     if args.reference is None:
-        model, tok, dev = load_scorer(args.model, args.device)
-        scores = score_pairs(model, tok, examples, dcfg, args.batch_size, dev)
+        if model is None:
+            model, tokenizer, dev = load_scorer(args.model, args.device)
+        else:
+            dev = resolve_device(args.device)
+        summary = run_reward_eval(model, tokenizer, spec, args.out, dev)
     else:  # a DPO policy: its implicit reward beta * log(pi / pi_ref)
         from fairhpc.evaluation.policy import load_generator
-        from fairhpc.evaluation.scoring import implicit_rewards, resolve_device
+        from fairhpc.evaluation.scoring import implicit_rewards, resolve_device, score_pairs
 
         beta = args.beta if args.beta is not None else (run_cfg.objective.beta if run_cfg is not None else 0.1)
         dev = resolve_device(args.device)
         lp = {}
         for name, path in (("policy", args.model), ("reference", args.reference)):
             model, tok = load_generator(path, dev)
-            lp[name] = score_pairs(model, tok, examples, dcfg, args.batch_size, dev, f"log-probs ({name})",
-                                   logps=True)
+            lp[name] = score_pairs(model, tok, spec.examples, spec.data_cfg, args.batch_size, dev,
+                                   f"log-probs ({name})", logps=True)
             _free(model)
-        scores = implicit_rewards(lp["policy"], lp["reference"], beta)
-        extra.update(reference=str(args.reference), beta=beta)
-    rows, summary = evaluate_pairs(examples, scores, taus, args.ties, extra={**extra, "device": str(dev)})
-    if args.reference is not None:
-        summary["kind"] = "dpo_implicit_reward"
-    write_results(args.out, rows, summary)
-    _print_metrics(f"eval-rm {args.model} on {args.data} ({len(rows)} pairs)", summary["metrics"],
+        summary = write_reward_eval(spec, implicit_rewards(lp["policy"], lp["reference"], beta), args.out, dev,
+                                    kind="dpo_implicit_reward", reference=str(args.reference), beta=beta)
+    _print_metrics(f"eval-rm {args.model} on {args.data} ({len(spec.examples)} pairs)", summary["metrics"],
                    ("accuracy", "pairs_jain", "cat_jain", "gap_accuracy", "length_spearman_chosen"))
-    return 0
+    return summary
 
 
 # ---------------------------------------------------------------------------------- eval-benchmark
 def cmd_eval_benchmark(args) -> int:
     from fairhpc.evaluation import benchmarks as bm
     from fairhpc.evaluation.metrics import to_jsonable
+    from fairhpc.evaluation.reward import parse_taus
     from fairhpc.evaluation.scoring import find_run_config, write_results
 
     _check(args)
     run_cfg = find_run_config(args.model, args.config)
     if args.benchmark == "bbq":
         return _bbq(args, bm, write_results)
-    taus = _taus(args.taus, run_cfg)
+    taus = parse_taus(args.taus, run_cfg)
     if args.benchmark == "rewardbench":
         examples, skipped = bm.load_rewardbench(args.data, args.split, args.limit, args.bad_rows)
     elif args.benchmark == "hh_rlhf":
@@ -238,6 +232,7 @@ def cmd_eval_policy(args) -> int:
         true_quality,
         write_alpaca_eval,
     )
+    from fairhpc.evaluation.reward import parse_taus
     from fairhpc.evaluation.scoring import (
         data_config,
         evaluate_pairs,
@@ -252,7 +247,7 @@ def cmd_eval_policy(args) -> int:
 
     _check(args)
     run_cfg = find_run_config(args.policy, args.config)
-    taus = _taus(args.taus, run_cfg)
+    taus = parse_taus(args.taus, run_cfg)
     beta = args.beta if args.beta is not None else (run_cfg.objective.beta if run_cfg is not None else 0.1)
     prompts, pairs = load_prompts(args.data, run_cfg, args.split, args.limit, args.format, args.bad_rows)
     dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
@@ -335,8 +330,8 @@ def cmd_best_of_n(args) -> int:
         write_results,
     )
 
-    _check(args)
     ns = parse_ns(args.ns, args.n_max)
+    _check(args)
     run_cfg = find_run_config(args.policy, args.config)
     prompts, pairs = load_prompts(args.data, run_cfg, args.split, args.limit, args.format, args.bad_rows)
     dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
@@ -375,7 +370,7 @@ def cmd_best_of_n(args) -> int:
                            "metrics": {f"{k}@{c['n']}": c[k] for c in curve for k in c if k != "n"}})
     _write_curve_csv(args.out, curve)
     plot_best_of_n(curve, Path(args.out) / "best_of_n.png")
-    write_results(args.out, rows, summary)  # summary.json last: it marks the job done
+    write_results(args.out, rows, summary)  # the summary last: it marks the job done
     for c in curve:
         _print_metrics(f"best-of-{c['n']}", c, [k for k in c if k != "n"])
     return 0
@@ -392,7 +387,8 @@ def _write_curve_csv(out_dir, curve: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------- parsers
 def _common(p: argparse.ArgumentParser, data_help: str, data_nargs=None) -> None:
     p.add_argument("--data", required=True, nargs=data_nargs, metavar="SOURCE", help=data_help)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (per_example.jsonl, summary.json)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help=f"output directory ({layout.PER_EXAMPLE}, {layout.SUMMARY})")
     p.add_argument("--split", default=None, help="split of a hub dataset (default: test; RewardBench: filtered)")
     p.add_argument("--limit", type=_positive, default=None, metavar="N", help="use at most N rows")
     p.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="sequences per forward pass")
@@ -451,7 +447,7 @@ def add_commands(sub) -> None:
                    help="bbq: parse a generated answer (invalid answers counted) or pick the likeliest letter")
     p.add_argument("--max-new-tokens", type=_positive, default=8, metavar="N", help="bbq: answer length")
     p.add_argument("--bad-rows", default="skip", choices=BAD_ROW_POLICIES,
-                   help="rewardbench, hh_rlhf: skip (default; counted in summary.json 'skipped') or stop at an "
+                   help=f"rewardbench, hh_rlhf: skip (default; counted in {layout.SUMMARY} 'skipped') or stop at an "
                         "unusable pair -- the official HH-RLHF test files hold a few, e.g. empty responses")
     p.set_defaults(func=cmd_eval_benchmark)
 

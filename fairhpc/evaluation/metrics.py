@@ -4,7 +4,7 @@ Everything here is a pure function of arrays (float64 NumPy), so every number in
 summary can be recomputed by hand from ``per_example.jsonl``.
 
 The resource of a preference pair is x_i = sigmoid(d_i), d_i = r(chosen) - r(rejected), as in the
-training objective (METHOD.md).  Fairness "across pairs" is measured on the x_i; fairness "across
+training objective (docs/method.md).  Fairness "across pairs" is measured on the x_i; fairness "across
 categories" on the category means X_c = mean_{i in c} x_i.
 
 Fairness indices (all on non-negative allocations; 1 = perfectly equal for Jain and Lan, 0 for Gini):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fairhpc.errors import ConfigError, DataError
 from fairhpc.evaluation.metrics import describe, spearman, to_jsonable
 
 
@@ -103,17 +104,15 @@ def load_prompts(source: str, run_cfg=None, split: str | None = None, limit: int
     of its pairs, first occurrence kept; ``limit`` counts prompts), or an AlpacaEval-style JSON/JSONL whose
     rows have an "instruction" (optionally "dataset"); the latter has no pairs (None).
     """
-    from fairhpc.evaluation.benchmarks import is_hub_name, iter_rows
+    from fairhpc.sources import is_local_path, iter_rows
 
-    if source != "synthetic" and not is_hub_name(source):
+    if source != "synthetic" and is_local_path(source):
         first = next(iter(iter_rows(source)), None)
         if first is not None and "instruction" in first[1] and "chosen" not in first[1]:
             out = []
             for where, row in iter_rows(source):
                 inst = row.get("instruction")
                 if not isinstance(inst, str) or not inst.strip():
-                    from fairhpc.data import DataError
-
                     raise DataError(f"{where}: field 'instruction': expected a non-empty string, got {inst!r:.60}")
                 out.append({"prompt": [{"role": "user", "content": inst}], "category": row.get("dataset"),
                             "source": where})
@@ -253,8 +252,6 @@ def true_quality(texts: list[str]) -> np.ndarray:
 
 def parse_ns(text: str | None, n_max: int) -> list[int]:
     """"1,2,4" -> [1, 2, 4]; None -> powers of two up to n_max, and n_max."""
-    from fairhpc.config import ConfigError
-
     if text:
         try:
             ns = sorted({int(x) for x in text.split(",") if x.strip()})

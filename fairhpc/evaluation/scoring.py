@@ -15,8 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fairhpc import layout
+from fairhpc.errors import ConfigError, DataError, ModelPathError
 from fairhpc.evaluation import TIE_POLICIES
 from fairhpc.evaluation.metrics import summarize_pairs, to_jsonable
+from fairhpc.sources import is_local_path
+
+# Files a save_pretrained directory holds: a config, weights in one of these forms, and a tokenizer.
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def resolve_device(device: str = "auto"):
@@ -24,8 +31,6 @@ def resolve_device(device: str = "auto"):
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from fairhpc.config import ConfigError
-
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -42,6 +47,30 @@ def eval_dtype(device):
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def check_model_path(path: str, option: str = "--model") -> None:
+    """Refuse, before any data is read or model loaded, a local model path that does not exist or is not
+    a ``save_pretrained`` directory (config.json, weights, tokenizer files); a hub name passes unchecked."""
+    if not is_local_path(str(path)):
+        return
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelPathError(f"{option} {path}: no such directory")
+    if not p.is_dir():
+        raise ModelPathError(f"{option} {path}: not a directory (expected a save_pretrained model directory "
+                             f"such as RUN/{layout.FINAL})")
+    missing = []
+    if not (p / "config.json").is_file():
+        missing.append("config.json")
+    if not any(next(p.glob(pat), None) for pat in _WEIGHT_PATTERNS):
+        missing.append("weights (*.safetensors or pytorch_model*.bin)")
+    if not any((p / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append(f"tokenizer files ({' / '.join(_TOKENIZER_FILES)})")
+    if missing:
+        what = "empty" if not any(p.iterdir()) else f"no {', no '.join(missing)}"
+        raise ModelPathError(f"{option} {path}: not a model directory ({what}; expected a save_pretrained "
+                             f"directory such as RUN/{layout.FINAL})")
 
 
 def load_tokenizer_for(path: str):
@@ -64,13 +93,13 @@ def load_scorer(path: str, device: str = "auto"):
 
 def find_run_config(model_dir: str | None, explicit: str | None = None):
     """The run config to take data settings from: --config, else MODEL/../config.yaml (a run's final/),
-    else MODEL/config.yaml when it is a run config; None if there is none."""
+    else MODEL/config.yaml when it is a run config; None if there is none (file names: fairhpc.layout)."""
     from fairhpc.config import load_config
 
     if explicit:
         return load_config(explicit)
     if model_dir:
-        for cand in (Path(model_dir).parent / "config.yaml", Path(model_dir) / "config.yaml"):
+        for cand in (Path(model_dir).parent / layout.CONFIG, Path(model_dir) / layout.CONFIG):
             if cand.is_file():
                 return load_config(cand)
     return None
@@ -80,7 +109,7 @@ def data_config(run_cfg=None, max_length: int | None = None, max_prompt_length: 
     """The run's DataConfig with command-line length overrides (validated like a config)."""
     import dataclasses
 
-    from fairhpc.config import ConfigError, DataConfig
+    from fairhpc.config import DataConfig
 
     base = run_cfg.data if run_cfg is not None else DataConfig(max_length=1024, max_prompt_length=512)
     changes = {}
@@ -175,7 +204,7 @@ def score_pairs(model, tokenizer, examples: list, data_cfg, batch_size: int, dev
 
 def implicit_rewards(policy_lp: PairScores, reference_lp: PairScores, beta: float) -> PairScores:
     """DPO implicit rewards r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) of both responses, so that
-    r(chosen) - r(rejected) is exactly the DPO margin the training objective allocates (METHOD.md)."""
+    r(chosen) - r(rejected) is exactly the DPO margin the training objective allocates (docs/method.md)."""
     return PairScores(beta * (policy_lp.chosen - reference_lp.chosen),
                       beta * (policy_lp.rejected - reference_lp.rejected),
                       policy_lp.chosen_length, policy_lp.rejected_length)
@@ -207,12 +236,10 @@ def load_examples(source: str, run_cfg=None, split: str | None = None, fmt: str 
     "synthetic": the held-out split of the run config's synthetic data (the same pairs the training
     run evaluated on); otherwise a local file or hub dataset through :func:`fairhpc.data.load_preferences`.
     """
-    from fairhpc.config import ConfigError
-
     if source == "synthetic":
         if run_cfg is None:
             raise ConfigError("--data synthetic: the synthetic held-out set is defined by a run config; "
-                              "give --config RUN/config.yaml (or a model inside a run directory)")
+                              f"give --config RUN/{layout.CONFIG} (or a model inside a run directory)")
         from fairhpc.data import synthetic_examples
 
         exs = synthetic_examples(run_cfg.data, split="eval")
@@ -222,8 +249,6 @@ def load_examples(source: str, run_cfg=None, split: str | None = None, fmt: str 
 
     exs, skipped = load_preferences(source, split=split or "test", fmt=fmt, bad_rows=bad_rows, limit=limit)
     if not exs:
-        from fairhpc.data import DataError
-
         raise DataError(f"{source}: no usable preference pairs" + (f" (skipped: {dict(skipped)})" if skipped else ""))
     return exs, dict(sorted(skipped.items()))
 
@@ -283,7 +308,7 @@ def ground_truth_metrics(examples: list, margins) -> dict:
 
 def write_results(out_dir: str | Path, rows: list[dict], summary: dict, extra_files: dict | None = None) -> None:
     """OUT/per_example.jsonl, extra files (NAME.jsonl: a list of rows; NAME.json: an object) and, last,
-    OUT/summary.json, each written atomically."""
+    OUT/summary.json (names: :class:`fairhpc.layout.EvalDir`), each written atomically."""
     import json
 
     from fairhpc.io import atomic_write_json, atomic_write_text
@@ -291,13 +316,14 @@ def write_results(out_dir: str | Path, rows: list[dict], summary: dict, extra_fi
     def jsonl(items) -> str:
         return "".join(json.dumps(to_jsonable(r), allow_nan=False) + "\n" for r in items)
 
-    out = Path(out_dir)
+    ev = layout.EvalDir(Path(out_dir))
+    out = ev.root
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "per_example.jsonl", jsonl(rows))
+    atomic_write_text(ev.per_example, jsonl(rows))
     for name, obj in (extra_files or {}).items():
         if name.endswith(".jsonl"):
             atomic_write_text(out / name, jsonl(obj))
         else:
             atomic_write_json(out / name, to_jsonable(obj))
-    atomic_write_json(out / "summary.json", to_jsonable(summary))  # last: it marks the job done
+    atomic_write_json(ev.summary, to_jsonable(summary))  # last: it marks the job done
 

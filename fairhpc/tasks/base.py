@@ -11,6 +11,7 @@ and optional hooks: check_device, before_engine, setup, finish, summary_fields, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -53,8 +54,42 @@ class Task:
     def setup(self, engine) -> None:
         """After the DeepSpeed engine exists (e.g. precompute reference outputs)."""
 
+    def begin_step(self, engine, model, batches: list[dict]) -> None:
+        """Before the micro-batches of one optimizer step run (all of them given, e.g. for statistics)."""
+
+    def nonfinite_hint(self) -> str | None:
+        """What to say when the loss became NaN or infinite (the engine stops the run)."""
+        return None
+
+    def parse_then_eval(self, argv: list[str], run):
+        """Check `fairhpc train-<task> --then-eval "COMMAND ..."` before training: COMMAND must be the task's
+        evaluation command (registry.EVAL_IN_TRAINING) and its --model the run's final model."""
+        from fairhpc import registry
+        from fairhpc.cli import build_parser
+        from fairhpc.errors import ConfigError
+
+        command = registry.EVAL_IN_TRAINING.get(self.name)
+        if command is None:
+            raise ConfigError(f"--then-eval: task {self.name} evaluates in a job of its own "
+                              f"(in-training evaluation exists for: {', '.join(registry.EVAL_IN_TRAINING)})")
+        if argv[0] != command:
+            raise ConfigError(f"--then-eval: {argv[0]!r} is not the {self.name} evaluation command {command!r}")
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:
+            raise ConfigError(f"--then-eval: cannot parse {' '.join(argv)!r} (see `fairhpc {command} --help`)") \
+                from None
+        if Path(args.model) != run.final:
+            raise ConfigError(f"--then-eval: --model {args.model} is not this run's final model {run.final}")
+        return args
+
     def finish(self, engine) -> None:
-        """After the final model is saved (e.g. in-process evaluation into RUN/eval/)."""
+        """After the final model is saved: the in-process evaluation given by --then-eval, if any."""
+        if engine.then_eval is not None:
+            self.run_then_eval(engine, engine.then_eval)
+
+    def run_then_eval(self, engine, args) -> None:
+        raise NotImplementedError
 
     def summary_fields(self) -> dict:
         """Settings recorded near the top of summary.json."""

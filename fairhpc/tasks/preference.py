@@ -44,6 +44,8 @@ class PreferenceTask(Task):
         self.pad_id = tokenizer.pad_token_id
         self._collator = PreferenceCollator(self.pad_id)
         self.loss_fn = None
+        self._stats = None   # scope "step": the statistics of the current optimizer step
+        self._last = None    # the last micro-batch's LossOutput
 
     @property
     def progress_label(self) -> str:
@@ -92,14 +94,38 @@ class PreferenceTask(Task):
     def margins(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, engine, model, batch: dict):
-        from fairhpc.losses import uses_global_scope
+    def begin_step(self, engine, model, batches: list[dict]) -> None:
+        """Scope ``step``: the fairness statistics of the whole optimizer step (all micro-batches of all
+        ranks), from one pass without a graph and one collective; each micro-batch's loss then holds them
+        fixed, so the gradients add up to those of one process over the whole step (docs/method.md)."""
+        if self.cfg.objective.scope != "step":
+            return
+        from fairhpc.losses import step_statistics
 
-        out = self.loss_fn(*self.margin_inputs(engine, model, batch, "train"), group=engine.group)
-        loss = out.loss
-        if uses_global_scope(self.cfg.objective.scope, engine.world):
-            loss = loss * engine.world  # DeepSpeed averages gradients over ranks; the loss is global
-        return loss, out.metrics
+        with torch.no_grad():
+            margins = [self.margins(self.margin_inputs(engine, model, b, "train")) for b in batches]
+        self._stats = step_statistics(margins, self.cfg.objective, engine.group)
+
+    def loss(self, engine, model, batch: dict):
+        from fairhpc.losses import loss_scale
+
+        o = self.cfg.objective
+        stats = self._stats if o.scope == "step" else None
+        self._last = self.loss_fn(*self.margin_inputs(engine, model, batch, "train"), group=engine.group,
+                                  stats=stats)
+        # DeepSpeed divides by grad_accum and averages over ranks; global / step losses are already the
+        # whole step's, so undo what does not apply (losses.loss_scale)
+        loss = self._last.loss * loss_scale(o.scope, engine.world, self.cfg.train.grad_accum)
+        return loss, self._last.metrics
+
+    def nonfinite_hint(self) -> str | None:
+        from fairhpc.losses import check_finite
+
+        try:
+            check_finite(self._last, self.cfg.objective)
+        except FloatingPointError as e:
+            return str(e)
+        return None
 
     @torch.no_grad()
     def evaluate(self, engine, model, dataset) -> dict:

@@ -39,5 +39,17 @@ class RewardModelTask(PreferenceTask):
         chosen, rejected = inputs
         return chosen - rejected
 
+    def run_then_eval(self, engine, args) -> None:
+        """`fairhpc eval-rm` on rank 0 with the model in memory (ZeRO-3: read back from RUN/final, since
+        the parameters are partitioned), writing RUN/eval/ exactly as the command does."""
+        import torch.distributed as dist
+
+        from fairhpc.evaluation.cli import run_eval_rm
+
+        if engine.is_main:
+            held = engine.engine.module if self.cfg.train.zero_stage != 3 else None
+            run_eval_rm(args, model=held, tokenizer=self.tokenizer if held is not None else None)
+        dist.barrier()
+
 
 TASK = RewardModelTask
