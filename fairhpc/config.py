@@ -91,7 +91,9 @@ class FairnessConfig:
     beta: float = _f(0.1, "DPO temperature (ignored for reward models)", range=POSITIVE)
     reduction: str = _f("mean", "mean over pairs (Fair-RM) or sum (the authors' Fair-DPO)",
                         choices=registry.REDUCTIONS)
-    scope: str = _f("micro", "fairness per micro-batch on each rank, or global across data-parallel ranks",
+    scope: str = _f("micro", "pairs that share one fairness term: micro = each rank's micro-batch; global = "
+                              "one micro-step of all ranks; step = the whole optimizer step (all micro-batches "
+                              "of all ranks, one extra forward without a graph)",
                     choices=registry.SCOPES)
     loss_impl: str = _f("auto", "auto: fused Triton kernel on CUDA, torch reference on CPU",
                         choices=registry.LOSS_IMPLS)
@@ -254,26 +256,17 @@ def _coerce(value: Any, tp, key: str):
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
         raise _error(key, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if tp in (int, float):
+        what = "an integer" if tp is int else "a number"
+        exact = isinstance(value, int) or (isinstance(value, float) and (tp is float or value.is_integer()))
+        if exact and not isinstance(value, bool):
+            return tp(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        raise _error(key, f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _error(key, f"expected a number, got {value!r}")
+        raise _error(key, f"expected {what}, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

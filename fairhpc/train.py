@@ -19,7 +19,7 @@ def _run(args, task: str) -> int:
     cfg = load_config(args.config, args.overrides, task=task)  # validated before any model is built
     try:
         train(cfg, resume=args.resume, on_mismatch=args.on_mismatch, overwrite=args.overwrite,
-              then_eval=shlex.split(args.then_eval) if args.then_eval else None)
+              then_eval=shlex.split(args.then_eval) if getattr(args, "then_eval", None) else None)
     except Preempted as e:
         print(f"[fairhpc] {e}", flush=True)
         return EXIT_PREEMPTED

@@ -101,9 +101,9 @@ def test_embedded_default_grid_through_the_slurm_profile(slurm, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     jobs = submitted_jobs(out)
-    # local rules (data, reports) run on the submit host; every training and evaluation is a SLURM job:
-    # 10 reward models + 8 DPO policies, each trained and evaluated
-    assert len(jobs) == len(set(jobs)) == 36, out[-3000:]
+    # local rules (data, ops, reports) run on the submit host; every training and evaluation is a SLURM job:
+    # 10 reward models (trained and scored in one job) + 8 DPO policies (trained, then evaluated)
+    assert len(jobs) == len(set(jobs)) == 26, out[-3000:]
     rows = sacct_when_recorded(jobs)
     assert {r["state"] for r in rows} == {"COMPLETED"}, rows
     assert {r["partition"] for r in rows} == {PROFILE["slurm_partition"]}
@@ -132,7 +132,6 @@ TIME_LIMIT_CFG = {
         # 2000 steps at 10-20 steps/s: still training when the shortened time limit strikes
         "overrides": {"train.max_steps": 2000, "train.save_steps": 100, "train.eval_steps": 0,
                       "train.log_steps": 10},
-        "eval": {"enabled": False},
         "resources": {"train": {"runtime": 15, "mem_mb": 3000}},
     }],
 }

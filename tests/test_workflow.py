@@ -73,13 +73,17 @@ def write_config(path: Path, cfg: dict) -> Path:
 # ------------------------------------------------------------------------------------ each config
 # the jobs of a dry run of each workflow config; the grid behind them is checked in test_workflow_units.py
 DAGS = {
-    # config.yaml: 10 reward models + 8 DPO policies, each trained and evaluated; one report per grid
-    "config.yaml": {"make_data": 1, "train": 18, "evaluate": 18, "report_study": 2, "all": 1},
+    # config.yaml: 10 reward models trained and scored in one job each (train_and_evaluate), 8 DPO policies
+    # trained, then evaluated in a job of their own; one report per grid; the ops build before training
+    "config.yaml": {"make_data": 1, "build_ops": 1, "train_and_evaluate": 10, "train": 8, "evaluate": 8,
+                    "report_study": 2, "all": 1},
     # 12 reward models (the ablation shares 2 with the main grid), each also on RewardBench; 3 studies
-    "configs/grids/rm.yaml": {"prepare_data": 2, "train": 12, "evaluate": 12, "eval_bias_benchmark": 12,
-                              "report_study": 3, "report_bias_benchmark": 3, "all": 1},
-    "configs/grids/dpo.yaml": {"prepare_data": 2, "train": 6, "evaluate": 6, "report_study": 2, "all": 1},
+    "configs/grids/rm.yaml": {"prepare_data": 2, "build_ops": 1, "train_and_evaluate": 12,
+                              "eval_bias_benchmark": 12, "report_study": 3, "report_bias_benchmark": 3, "all": 1},
+    "configs/grids/dpo.yaml": {"prepare_data": 2, "build_ops": 1, "train": 6, "evaluate": 6, "report_study": 2,
+                               "all": 1},
 }
+TRAIN_RULES = ("train", "train_and_evaluate")
 
 
 @pytest.mark.parametrize("path", sorted(DAGS))
@@ -89,16 +93,18 @@ def test_dry_run_of_each_config(path):
     res = dry(*([] if path == "config.yaml" else ["--configfile", path]))
     assert job_counts(res.stdout) == DAGS[path]
     blocks = job_blocks(res.stdout)
-    train = [b for b in blocks if b["rule"] == "train"]
+    train = [b for b in blocks if b["rule"] in TRAIN_RULES]
     logs = set()
     for b in train:  # every training job resumes, runs its task's command and writes a log of its own
         task = b["wildcards"]["task"]
-        assert f"fairhpc train-{task} --config " in b["text"] and "--resume" in b["text"]
+        assert f"fairhpc train-{task} --config " in b["text"] and "--resume --on-mismatch restart" in b["text"]
+        # reward models are scored in the same job, with the command rule evaluate would run
+        assert ("--then-eval 'eval-rm --model " in b["text"]) == (task == "rm")
         assert f"objective.mode={b['wildcards']['point'].split('_')[0]}" in b["text"]
         logs.add(re.search(r"^\s+log: (\S+)", b["text"], re.MULTILINE).group(1))
     assert len(logs) == len(train)
     for b in blocks:  # the resources of the grid reach the job
-        if path != "config.yaml" and b["rule"] == "train":
+        if path != "config.yaml" and b["rule"] in TRAIN_RULES:
             r = b["resources"]
             assert (r["gres"], r["nodes"], r["tasks_per_node"], r["mpi"], r["slurm_extra"]) == \
                 ("gpu:8", "1", "8", "srun", "--signal=TERM@600"), r
@@ -108,13 +114,13 @@ def test_dry_run_of_each_config(path):
         if b["rule"] == "prepare_data":
             assert "fairhpc prepare-data --out " in b["text"]
         if b["rule"] == "evaluate":
-            assert ("fairhpc eval-rm " if b["wildcards"]["task"] == "rm" else "fairhpc eval-policy ") in b["text"]
+            assert b["wildcards"]["task"] == "dpo" and "fairhpc eval-policy " in b["text"]
 
 
 def test_dpo_eval_waits_for_its_judges():
     res = dry("results/runs/dpo/tiny/synthetic/fr_alpha0.1_tau-1_seed1/eval/summary.json")
     trained = sorted("/".join(b["wildcards"][k] for k in ("task", "point"))
-                     for b in job_blocks(res.stdout) if b["rule"] == "train")
+                     for b in job_blocks(res.stdout) if b["rule"] in TRAIN_RULES)
     # the policy, the bt reward model that judges it and the seed-0 dpo policy it is compared with
     assert trained == ["dpo/dpo_seed0", "dpo/fr_alpha0.1_tau-1_seed1", "rm/bt_seed0"]
     assert job_counts(res.stdout)["evaluate"] == 1
@@ -156,7 +162,7 @@ def test_slurm_profile_is_found_from_the_repository_root_and_sets_partition_and_
     # no profile that Snakemake loads by default may carry executor settings
     assert not (REPO / "profiles" / "default").exists()
     res = dry("--profile", "slurm", "results/runs/rm/tiny/synthetic/bt_seed0/summary.json")
-    block = next(b for b in job_blocks(res.stdout) if b["rule"] == "train")
+    block = next(b for b in job_blocks(res.stdout) if b["rule"] in TRAIN_RULES)
     res_ = block["resources"]
     assert res_["slurm_partition"] == profile["default-resources"]["slurm_partition"]
     assert res_["slurm_account"] == profile["default-resources"]["slurm_account"]
@@ -168,7 +174,8 @@ def test_slurm_profile_is_found_from_the_repository_root_and_sets_partition_and_
 
 def test_local_profile_runs_the_default(tmp_path):
     res = smk("--profile", "profiles/local", "-n", "-d", str(tmp_path))
-    assert job_counts(res.stdout)["train"] == 18
+    counts = job_counts(res.stdout)
+    assert counts["train"] + counts["train_and_evaluate"] == 18
 
 
 def test_conda_env_pins_satisfy_pyproject():
@@ -193,8 +200,7 @@ RESUME_CFG = {
     "grids": [{"name": "resume", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
                "datasets": ["synthetic"], "seeds": [3], "modes": {"fr": {"alpha": [0.5], "tau": [-1]}},
                "overrides": {"train.save_steps": 4, "train.keep_checkpoints": 50, "train.micro_batch_size": 8,
-                             "train.epochs": 1, "train.eval_steps": 0},
-               "eval": {"enabled": False}}],
+                             "train.epochs": 1, "train.eval_steps": 0}}],
 }
 RUN = "results/runs/rm/tiny/synthetic/fr_alpha0.5_tau-1_seed3"
 
