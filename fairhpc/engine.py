@@ -318,7 +318,7 @@ class Engine:
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
-    def _all_ranks(self, ok: bool) -> bool:
+    def all_ranks(self, ok: bool) -> bool:
         """True when `ok` holds on every rank."""
         flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -337,7 +337,7 @@ class Engine:
             torch.save(self._rng_state(), ckpt_dir / tag / f"rng_rank{self.rank}.pt")
         except (OSError, RuntimeError) as e:
             error = runstate.describe_write_error(e, ckpt_dir / tag)
-        if not self._all_ranks(error is None):
+        if not self.all_ranks(error is None):
             if self.is_main:
                 shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # `latest` still names the last good one
             raise CheckpointError(error or f"writing {ckpt_dir / tag} failed on another rank")
@@ -360,7 +360,7 @@ class Engine:
                     error = "DeepSpeed found no loadable checkpoint files"
             except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to an older one
                 error = f"{type(e).__name__}: {e}"
-            if self._all_ranks(error is None):
+            if self.all_ranks(error is None):
                 break
             state = None
             print(f"[fairhpc] --resume: checkpoint {ckpt_dir / name} is unreadable on rank {self.rank} "
@@ -413,7 +413,7 @@ class Engine:
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         """Stop every rank together when a micro-batch's loss is NaN or infinite (before its backward)."""
-        if self._all_ranks(bool(torch.isfinite(loss.detach()).all())):
+        if self.all_ranks(bool(torch.isfinite(loss.detach()).all())):
             return
         hint = self.task.nonfinite_hint()
         raise NonFiniteError(f"the loss is not finite at optimizer step {self.global_step + 1} (micro-batch "

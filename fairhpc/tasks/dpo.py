@@ -9,8 +9,12 @@ cached in RUN/ref_logps_<split>.pt, and the reference is freed; otherwise it run
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from fairhpc.tasks.preference import PreferenceTask, stack_pair
@@ -84,18 +88,54 @@ class DPOTask(PreferenceTask):
         b = batch["index"].shape[0]
         return torch.stack([lp[:b], lp[b:]], 1)
 
+    def cache_key(self, engine, ds) -> dict:
+        """What determines the cached reference log-probs: the reference model (its name, and for a local
+        folder the size and time of each weight file; for a tiny model its shape and seed), the numeric
+        precision, and the token ids and labels of every example (data, tokenizer, max lengths, truncation)."""
+        m = self.cfg.model
+        ref = m.ref_name_or_path or m.name_or_path
+        key = {"reference": ref, "precision": engine.precision, "examples": len(ds)}
+        if ref == "tiny":
+            key["tiny"] = {**dataclasses.asdict(m.tiny), "seed": self.cfg.seed}
+        elif Path(ref).is_dir():
+            key["weights"] = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(ref).iterdir())
+                              if f.suffix in (".safetensors", ".bin", ".pt") or f.name == "config.json"}
+        h = hashlib.sha256()
+        for item in ds:
+            for field in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"):
+                h.update(np.asarray(item[field], dtype=np.int64).tobytes())
+                h.update(b"|")
+        key["tokens_sha256"] = h.hexdigest()
+        return key
+
     def _ref_logps_cached(self, engine, split: str, ds) -> torch.Tensor:
-        """[N, 2] reference log-probs (chosen, rejected) of every example, computed once on all ranks."""
+        """[N, 2] reference log-probs (chosen, rejected) of every example, computed once on all ranks.
+
+        RUN/ref_logps_<split>.pt holds {"key": cache_key, "table": [N, 2]}; it is used only when every rank
+        can read it and its key equals this run's (a rank without the file, e.g. no shared filesystem, makes
+        all ranks recompute together: no rank waits alone in a collective)."""
         path = engine.run.ref_logps(split)
+        key = self.cache_key(engine, ds)
+        cached, why = None, "none cached"
         if path.exists():
-            cached = torch.load(path)
-            if cached.shape[0] == len(ds):
-                return cached
+            try:
+                stored = torch.load(path, weights_only=False)
+                if isinstance(stored, dict) and stored.get("key") == key:
+                    cached = stored["table"]
+                else:
+                    old = stored.get("key", {}) if isinstance(stored, dict) else {}
+                    why = "stale: " + ", ".join(k for k in sorted(set(key) | set(old)) if key.get(k) != old.get(k))
+            except Exception as e:  # noqa: BLE001 - an unreadable cache is recomputed
+                why = f"unreadable ({type(e).__name__})"
+        if engine.all_ranks(cached is not None):
+            return cached
+        if engine.is_main and path.exists():
+            print(f"[fairhpc] {path}: {why}; recomputing the reference log-probs", flush=True)
         table = engine.gather_by_index(ds, lambda batch: self._ref_pair_logps(engine, batch),
                                        desc=f"reference log-probs ({split})", fill=0.0)
         if engine.is_main:
             tmp = path.with_suffix(".tmp")
-            torch.save(table, tmp)
+            torch.save({"key": key, "table": table}, tmp)
             os.replace(tmp, path)
         return table
 
