@@ -297,3 +297,38 @@ def test_prepare_data_rule_runs_the_command_on_each_part(tmp_path):
     assert exs[1].prompt[0]["content"] == "why's the sky blue"
     log = (tmp_path / "wd" / "results" / "logs" / "prepare_data" / "mix" / "train.log").read_text().splitlines()
     assert [json.loads(line)["kept"] for line in log if line.startswith("{")] == [1, 2]
+
+
+# ------------------------------------------------------------------------------ a changed setting reruns
+LR_CFG = {
+    "datasets": {"synthetic": {"make": {"n_train": 96, "n_eval": 32}}},
+    "grids": [{"name": "lr", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
+               "datasets": ["synthetic"], "seeds": [0], "modes": {"bt": {}},
+               "overrides": {"train.max_steps": 6, "train.save_steps": 3, "train.warmup_steps": 0,
+                             "train.scheduler": "constant", "train.lr": 1e-3, "train.log_steps": 1}}],
+}
+LR_RUN = "results/runs/rm/tiny/synthetic/bt_seed0"
+
+
+@pytest.mark.slow
+def test_changing_a_setting_outside_the_run_name_retrains_the_run(tmp_path):
+    """train.lr is not part of the run's directory name: Snakemake reruns the job ("params changed"), the
+    trainer finds a run of another configuration, moves it aside and trains the new one from scratch."""
+    cfg = write_config(tmp_path / "lr.yaml", LR_CFG)
+    wd = tmp_path / "wd"
+    smk("--cores", "1", "--configfile", str(cfg), "-d", str(wd), timeout=900)
+    old = _final_state(wd / LR_RUN)
+    changed = json.loads(json.dumps(LR_CFG))
+    changed["grids"][0]["overrides"]["train.lr"] = 3e-3
+    write_config(cfg, changed)
+    res = smk("--cores", "1", "--configfile", str(cfg), "-d", str(wd), timeout=900)
+    assert "train_and_evaluate" in res.stdout + res.stderr  # the job was rerun
+    new = _final_state(wd / LR_RUN)
+    assert any(not (old[k] == new[k]).all() for k in old)
+    rows = [json.loads(line) for line in (wd / LR_RUN / "metrics.jsonl").read_text().splitlines()]
+    assert {r["lr"] for r in rows if r["split"] == "train"} == {3e-3}
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert yaml.safe_load((wd / LR_RUN / "config.yaml").read_text())["train"]["lr"] == 3e-3
+    aside = list((wd / LR_RUN).parent.glob("bt_seed0.superseded-*"))
+    assert len(aside) == 1 and _final_state(aside[0]).keys() == old.keys()
+    assert "train.lr: 0.001 -> 0.003" in (wd / LR_RUN / "train.log").read_text()
