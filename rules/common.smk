@@ -21,11 +21,15 @@ except wf.WorkflowConfigError as e:
 
 RESULTS = PLAN.results
 TASKS = "|".join(registry.TASKS)
-OPS_MARKER = f"{RESULTS}/ops/built.json"  # rules/ops.smk: DeepSpeed ops compiled before training
+OPS_MARKER = (
+    f"{RESULTS}/ops/built.json"  # rules/ops.smk: DeepSpeed ops compiled before training
+)
 OPS_WORLD, OPS_DEVICE = wf.ops_world_and_device(config)
 # tasks whose held-out evaluation runs in the training job, and those that have an evaluation job
 TASKS_EVAL_IN_TRAINING = "|".join(registry.EVAL_IN_TRAINING)
-TASKS_EVAL_JOB = "|".join(t for t in registry.TASKS if t not in registry.EVAL_IN_TRAINING)
+TASKS_EVAL_JOB = "|".join(
+    t for t in registry.TASKS if t not in registry.EVAL_IN_TRAINING
+)
 # path patterns of the rules' outputs
 RUN = wf.run_dir(RESULTS, "{task}", "{model}", "{dataset}", "{point}")
 RUN_LOG = "{task}/{model}/{dataset}/{point}.log"
