@@ -159,10 +159,6 @@ def check_eval(where: str, grid: dict, results: str) -> dict:
             raise WorkflowConfigError(
                 f"{where}.eval: a DPO policy is judged by a reward model against a reference policy; "
                 f"set eval.{' and eval.'.join(missing)} (or eval.enabled: false)")
-    if task in registry.EVAL_IN_TRAINING and not ev["enabled"]:
-        raise WorkflowConfigError(
-            f"{where}.eval.enabled: false is not available for {task} grids: their held-out evaluation runs "
-            "inside the training job (it costs a pass over the held-out pairs, no job of its own)")
     if task == "rm" and ("reward_model" in ev or "reference" in ev):
         raise WorkflowConfigError(
             f"{where}.eval: reward_model / reference are for DPO grids; a reward model is scored on its own")
@@ -442,6 +438,19 @@ class Plan:
         if run.task == "dpo":
             out["judges"] = [d for k in ("reward_model", "reference") for d in self.run_dependency(run.eval[k])]
         return out
+
+    def eval_in_training_points(self) -> str:
+        """Regex of the point names whose runs are scored inside their training job (rule
+        train_and_evaluate): runs of a task in registry.EVAL_IN_TRAINING with evaluation on.  A point name
+        may not be such a run in one place and a run without evaluation in another (the rule is chosen by
+        name), which is refused."""
+        on = {r.point for r in self.runs.values() if r.task in registry.EVAL_IN_TRAINING and r.eval["enabled"]}
+        off = {r.point for r in self.runs.values() if r.task in registry.EVAL_IN_TRAINING and not r.eval["enabled"]}
+        if on & off:
+            raise WorkflowConfigError(
+                f"eval.enabled: runs named {', '.join(sorted(on & off))} are evaluated in one grid and not in "
+                "another; give them the same eval.enabled or other seeds / settings")
+        return "|".join(re.escape(p) for p in sorted(on)) or "(?!)"
 
     def train_eval_args(self, run: Run) -> list[str]:
         """Options of `fairhpc train-<task>` that evaluate the run inside its training job (registry

@@ -30,6 +30,10 @@ TASKS_EVAL_IN_TRAINING = "|".join(registry.EVAL_IN_TRAINING)
 TASKS_EVAL_JOB = "|".join(
     t for t in registry.TASKS if t not in registry.EVAL_IN_TRAINING
 )
+try:
+    POINTS_EVAL_IN_TRAINING = PLAN.eval_in_training_points()
+except wf.WorkflowConfigError as e:
+    raise WorkflowError(str(e)) from None
 # path patterns of the rules' outputs
 RUN = wf.run_dir(RESULTS, "{task}", "{model}", "{dataset}", "{point}")
 RUN_LOG = "{task}/{model}/{dataset}/{point}.log"

@@ -20,7 +20,7 @@ rule train:
     log:
         f"{RESULTS}/logs/train/{RUN_LOG}",
     wildcard_constraints:
-        task=TASKS_EVAL_JOB,
+        task=TASKS,
     conda:
         "../envs/fairhpc.yaml"
     threads: threads_of("train")
@@ -56,3 +56,8 @@ use rule train as train_and_evaluate with:
         per_example=f"{RUN}/{layout.EVAL}/{layout.PER_EXAMPLE}",
     wildcard_constraints:
         task=TASKS_EVAL_IN_TRAINING,
+        point=POINTS_EVAL_IN_TRAINING,
+
+
+# a reward model with evaluation on is trained by train_and_evaluate; with eval.enabled: false by train
+ruleorder: train_and_evaluate > train

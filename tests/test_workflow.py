@@ -200,7 +200,8 @@ RESUME_CFG = {
     "grids": [{"name": "resume", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
                "datasets": ["synthetic"], "seeds": [3], "modes": {"fr": {"alpha": [0.5], "tau": [-1]}},
                "overrides": {"train.save_steps": 4, "train.keep_checkpoints": 50, "train.micro_batch_size": 8,
-                             "train.epochs": 1, "train.eval_steps": 0}}],
+                             "train.epochs": 1, "train.eval_steps": 0},
+               "eval": {"enabled": False}}],
 }
 RUN = "results/runs/rm/tiny/synthetic/fr_alpha0.5_tau-1_seed3"
 

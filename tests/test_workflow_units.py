@@ -334,3 +334,22 @@ def test_data_set_helpers():
     assert [p["kind"] for p in wf.prepare_parts(cfg, "ultrafeedback-shp", "eval")] == ["preferences", "shp"]
     with pytest.raises(wf.WorkflowConfigError, match="datasets.synthetic.prepare.train: not defined"):
         wf.prepare_parts(cfg, "synthetic", "train")
+
+
+def test_reward_models_are_scored_in_their_training_job_unless_evaluation_is_off():
+    cfg = config_of({"grids": [
+        {"name": "on", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
+         "datasets": ["synthetic"], "seeds": [0], "modes": {"bt": {}}},
+        {"name": "off", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
+         "datasets": ["synthetic"], "seeds": [1], "modes": {"bt": {}}, "eval": {"enabled": False}}]})
+    plan = wf.plan(copy.deepcopy(cfg), REPO)
+    assert plan.eval_in_training_points() == "bt_seed0"
+    on = plan.run("rm", "tiny", "synthetic", "bt_seed0")
+    args = plan.train_eval_args(on)
+    assert args[0] == "--then-eval" and args[1].startswith(f"eval-rm --model {on.final} ")
+    assert plan.train_eval_args(plan.run("rm", "tiny", "synthetic", "bt_seed1")) == []
+    # a run of the same name on another data set, with evaluation off: the rule is chosen by name
+    cfg["datasets"]["other"] = {"make": {"n_train": 100, "n_eval": 20}}
+    cfg["grids"][1].update(seeds=[0], datasets=["other"])
+    with pytest.raises(wf.WorkflowConfigError, match="bt_seed0 are evaluated in one grid and not in another"):
+        wf.plan(cfg, REPO).eval_in_training_points()
