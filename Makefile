@@ -25,7 +25,8 @@ demo: install
 	snakemake --cores $(CORES)
 
 test: install
-	python -m pytest -q
+	# two workers (this machine's cores); each test file runs whole on one worker (shared fixtures train once)
+	python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	snakemake --lint

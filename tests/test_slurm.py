@@ -129,8 +129,8 @@ TIME_LIMIT_CFG = {
     "grids": [{
         "name": "timelimit", "task": "rm", "base_config": "configs/runs/rm_tiny.yaml", "models": ["tiny"],
         "datasets": ["synthetic"], "seeds": [5], "modes": {"fr": {"alpha": [0.5], "tau": [-1]}},
-        # 6000 steps at 10-45 steps/s: still training when the shortened time limit strikes
-        "overrides": {"train.max_steps": 6000, "train.save_steps": 100, "train.eval_steps": 0,
+        # 4000 steps at 10-45 steps/s: still training when the shortened time limit strikes
+        "overrides": {"train.max_steps": 4000, "train.save_steps": 100, "train.eval_steps": 0,
                       "train.log_steps": 10},
         "eval": {"enabled": False},
         "resources": {"train": {"runtime": 15, "mem_mb": 3000}},
@@ -192,7 +192,7 @@ def test_time_limit_kill_resumes_from_checkpoint_on_retry(slurm, tmp_path):
     assert stop, log[-3000:]  # the trainer caught SLURM's SIGTERM and wrote a checkpoint
     assert f"resumed from global_step{stop.group(1)}" in log
     assert "== attempt 1 " in log and "== attempt 2 " in log
-    assert 100 <= int(stop.group(1)) < 6000
+    assert 100 <= int(stop.group(1)) < 4000
 
     a = load_file(str(tmp_path / "killed" / RUN / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "reference" / RUN / "final" / "model.safetensors"))
@@ -200,7 +200,7 @@ def test_time_limit_kill_resumes_from_checkpoint_on_retry(slurm, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     sa = json.loads((tmp_path / "killed" / RUN / "summary.json").read_text())
     sb = json.loads((tmp_path / "reference" / RUN / "summary.json").read_text())
-    assert sa["steps"] == sb["steps"] == 6000
+    assert sa["steps"] == sb["steps"] == 4000
     assert sa["eval"]["accuracy"] == pytest.approx(sb["eval"]["accuracy"], abs=1e-6)
 
 

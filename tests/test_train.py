@@ -19,12 +19,21 @@ FAST = ["data.synthetic.n_train=800", "data.synthetic.n_eval=300", "train.micro_
         "data.max_prompt_length=48"]
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the rendezvous of a multi-rank run; test workers run in parallel)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(args, env_extra=None, timeout=900, nproc=1, **kw):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                **(env_extra or {}))
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29700 + os.getpid() % 200), "-m", "fairhpc.cli", *args]
+               "--master_port", str(free_port()), "-m", "fairhpc.cli", *args]
     else:
         cmd = [sys.executable, "-m", "fairhpc.cli", *args]
     return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout, **kw)
