@@ -319,7 +319,9 @@ class Engine:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def all_ranks(self, ok: bool) -> bool:
-        """True when `ok` holds on every rank."""
+        """True when `ok` holds on every rank (no collective for a single process: it runs every micro-step)."""
+        if self.world == 1:
+            return ok
         flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from fairhpc.errors import ConfigError
-from fairhpc.io import atomic_write_json
+from fairhpc.io import atomic_write_json, atomic_write_text
 from fairhpc.layout import RunDir
 
 IDENTITY = "identity.json"
@@ -160,8 +160,6 @@ def partial_name(step: int) -> str:
 
 def finish_checkpoint(ckpt_dir: Path, step: int, keep: int) -> None:
     """Rank 0, after every rank wrote into the partial folder: rename, point `latest` at it, prune."""
-    from fairhpc.io import atomic_write_text
-
     final = ckpt_dir / f"{CKPT_PREFIX}{step}"
     if final.exists():
         shutil.rmtree(final)
