@@ -51,3 +51,4 @@ rule all:
     default_target: True
     input:
         PLAN.targets(),
+        EXTRA_TARGETS,

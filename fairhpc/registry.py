@@ -34,3 +34,6 @@ SCHEDULERS = ("cosine", "linear", "constant")
 # `fairhpc` command it runs there (``fairhpc train-<task> --then-eval "<command> ..."``).  The workflow gives
 # these tasks no evaluation job of their own.
 EVAL_IN_TRAINING = {"rm": "eval-rm"}
+# Policy tasks that the workflow evaluates in a job of their own with `fairhpc eval-policy` (generations on the
+# held-out prompts judged by a reward model against a reference policy).
+EVAL_POLICY_TASKS = ("dpo",)

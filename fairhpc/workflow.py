@@ -66,13 +66,30 @@ def key_text(path) -> str:
     return out or "(top level)"
 
 
+def load_schema(repo: Path) -> dict:
+    """schemas/config.schema.yaml with the enumerations of fairhpc/registry.py filled in: the tasks, the
+    objective modes (a schema per mode: utility modes take no hyperparameters, fr alpha and tau, fc gamma and
+    tau) and, per task, the modes it accepts.  The file itself never lists them, so a new task needs no edit
+    there."""
+    schema = yaml.safe_load((Path(repo) / SCHEMA).read_text())
+    grid = schema["$defs"]["grid"]
+    grid["properties"]["task"]["enum"] = list(registry.TASKS)
+    mode_def = {m: "mode_utility" for m in registry.UTILITY_MODES} | {"fr": "mode_fr", "fc": "mode_fc"}
+    grid["properties"]["modes"]["properties"] = {m: {"$ref": f"#/$defs/{mode_def[m]}"} for m in registry.ALL_MODES}
+    grid["allOf"] = [
+        {"if": {"properties": {"task": {"const": t}}, "required": ["task"]},
+         "then": {"properties": {"modes": {"propertyNames": {"enum": list(registry.MODES[t])}}}}}
+        for t in registry.TASKS]
+    return schema
+
+
 def check_schema(cfg: dict, repo: Path) -> None:
-    """Validate `cfg` against schemas/config.schema.yaml, then fill in the schema's defaults in place (each a
-    fresh copy).  Every violation is reported as 'key: message naming the value'."""
+    """Validate `cfg` against the schema (:func:`load_schema`), then fill in the schema's defaults in place
+    (each a fresh copy).  Every violation is reported as 'key: message naming the value'."""
     import jsonschema
 
     path = Path(repo) / SCHEMA
-    schema = yaml.safe_load(path.read_text())
+    schema = load_schema(repo)
     base = jsonschema.Draft202012Validator
     errors = sorted(base(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
@@ -106,9 +123,25 @@ def grid_points(grid: dict):
             yield mode, dict(zip(names, values))
 
 
-def point_name(mode: str, params: dict, seed: int) -> str:
-    """'fr', {'alpha': 0.1, 'tau': -1}, 0 -> 'fr_alpha0.1_tau-1_seed0'."""
-    return "_".join([mode, *(f"{k}{fmt_value(v)}" for k, v in params.items()), f"seed{seed}"])
+def sweep_points(grid: dict):
+    """{run-config key: value} of every combination of the grid's `sweep` lists ({} once when it has none)."""
+    sweep = grid.get("sweep") or {}
+    for values in product(*sweep.values()):
+        yield dict(zip(sweep, values))
+
+
+def sweep_value(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return fmt_value(v) if isinstance(v, (int, float)) else str(v)
+
+
+def point_name(mode: str, params: dict, seed: int, sweep: dict | None = None) -> str:
+    """'fr', {'alpha': 0.1, 'tau': -1}, 0 -> 'fr_alpha0.1_tau-1_seed0'; a sweep {'pg.dropout_rate': 0.9}
+    adds '_dropout_rate0.9' before the seed."""
+    return "_".join([mode, *(f"{k}{fmt_value(v)}" for k, v in params.items()),
+                     *(f"{k.rsplit('.', 1)[-1]}{sweep_value(v)}" for k, v in (sweep or {}).items()),
+                     f"seed{seed}"])
 
 
 def run_dir(results: str, task: str, model: str, dataset: str, point: str) -> str:
@@ -153,18 +186,23 @@ def check_eval(where: str, grid: dict, results: str) -> dict:
         if key in ev:
             ev[key] = ev[key].replace("{results}", results)
     task = grid["task"]
-    if task == "dpo" and ev["enabled"]:
+    if task in registry.EVAL_POLICY_TASKS and ev["enabled"]:
         missing = [k for k in ("reward_model", "reference") if k not in ev]
         if missing:
             raise WorkflowConfigError(
                 f"{where}.eval: a DPO policy is judged by a reward model against a reference policy; "
                 f"set eval.{' and eval.'.join(missing)} (or eval.enabled: false)")
-    if task == "rm" and ("reward_model" in ev or "reference" in ev):
+    if task not in registry.EVAL_POLICY_TASKS and ("reward_model" in ev or "reference" in ev):
         raise WorkflowConfigError(
-            f"{where}.eval: reward_model / reference are for DPO grids; a reward model is scored on its own")
+            f"{where}.eval: reward_model / reference are for policy grids "
+            f"({', '.join(registry.EVAL_POLICY_TASKS)}); a {task} model is not judged that way")
+    if ev["enabled"] and task not in registry.EVAL_POLICY_TASKS and task not in registry.EVAL_IN_TRAINING:
+        raise WorkflowConfigError(
+            f"{where}.eval.enabled: task {task} has no held-out evaluation job of the workflow (its own rules "
+            "evaluate it); set eval: {{enabled: false}}")
     for i, b in enumerate(ev["benchmarks"]):
         key = f"{where}.eval.benchmarks[{i}].benchmark"
-        if task != "rm":
+        if registry.EVAL_IN_TRAINING.get(task) != "eval-rm":
             raise WorkflowConfigError(
                 f"{key}: {b['benchmark']!r} in a {task} grid: the workflow's bias benchmarks score reward "
                 "models (rule eval_bias_benchmark runs on reward-model runs only); list it in a reward-model "
@@ -180,7 +218,10 @@ def check_eval(where: str, grid: dict, results: str) -> dict:
 
 
 def dataset_sources(name: str, ds: dict, results: str) -> tuple[dict, dict]:
-    """({'train': file, 'eval': file} made by this workflow, run-config overrides of the data sources)."""
+    """({'train': file, 'eval': file} made by this workflow, run-config overrides of the data sources).
+
+    A `train` / `eval` path that starts with {results}/ is a file another rule of the workflow makes (e.g. the
+    aggregated pairs of rules/rlchf.smk): it is filled in and becomes an input of the jobs that read it."""
     given = [k for k in ("make", "prepare", "train") if k in ds]
     if len(given) != 1:
         raise WorkflowConfigError(
@@ -190,7 +231,13 @@ def dataset_sources(name: str, ds: dict, results: str) -> tuple[dict, dict]:
         splits = ("train", "eval") if given[0] == "make" else tuple(ds["prepare"])
         files = {split: data_file(results, name, split) for split in splits}
         return files, {"data.train": files["train"], "data.eval": files.get("eval")}
-    return {}, {"data.train": ds["train"], "data.eval": ds.get("eval")}
+    given = {k: ds[k].replace("{results}", results) if isinstance(ds.get(k), str) else ds.get(k)
+             for k in ("train", "eval")}
+    made = {k: v for k, v in given.items() if isinstance(v, str) and v.startswith(f"{results}/")}
+    for k, v in given.items():
+        if isinstance(v, str) and "{results}" in ds[k] and k not in made:
+            raise WorkflowConfigError(f"datasets.{name}.{k}: {ds[k]!r}: {{results}} may only start the path")
+    return made, {"data.train": given["train"], "data.eval": given["eval"]}
 
 
 def data_file(results: str, dataset: str, split: str) -> str:
@@ -214,6 +261,7 @@ class Run:
     eval_data: str | None             # held-out pairs the model is scored on
     eval: dict                        # the grid's eval section, {results} filled in
     resources: dict                   # part (train / eval) -> resources
+    inputs: tuple = ()                # (run-config key, file made by another rule) of the grid's `inputs`
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -258,6 +306,13 @@ def _check_grid(g: str, grid: dict, cfg: dict, repo: Path) -> None:
                     f"{', '.join(cfg[key]) or 'none'}")
     for part in ("train", "eval"):
         check_resources(f"{g}.resources.{part}", grid["resources"][part])
+    for key in list(grid.get("sweep") or {}) + list(grid.get("inputs") or {}):
+        if key == "seed" or key.startswith(("objective.", "output_dir", "data.train", "data.eval")):
+            raise WorkflowConfigError(
+                f"{g}: {key} is set by the grid itself (modes, seeds, datasets); it cannot be swept or an input")
+    both = set(grid.get("sweep") or {}) & set(grid.get("inputs") or {})
+    if both:
+        raise WorkflowConfigError(f"{g}: {', '.join(sorted(both))} is both in sweep and in inputs")
     # the meaning of each hyperparameter value, by the trainer's own checks
     for mode, params in grid_points(grid):
         try:
@@ -283,25 +338,32 @@ def build_runs(cfg: dict, repo: Path) -> tuple[dict, dict]:
         _check_grid(g, grid, cfg, repo)
         ev = check_eval(g, grid, results)
         task, keys = grid["task"], []
-        for model, dataset, seed, (mode, params) in product(
-                grid["models"], grid["datasets"], grid["seeds"], grid_points(grid)):
-            point = point_name(mode, params, seed)
+        for model, dataset, seed, (mode, params), sweep in product(
+                grid["models"], grid["datasets"], grid["seeds"], grid_points(grid), list(sweep_points(grid))):
+            point = point_name(mode, params, seed, sweep)
             ds = cfg["datasets"][dataset]
             data_files, data_over = dataset_sources(dataset, ds, results)
+            inputs = {k: v.replace("{results}", results).replace("{model}", model).replace("{dataset}", dataset)
+                      for k, v in (grid.get("inputs") or {}).items()}
             over = {
                 **ds["overrides"], **data_over, **cfg["models"][model]["overrides"], **grid["overrides"],
+                **sweep, **inputs,
                 "objective.mode": mode, **{f"objective.{k}": float(v) for k, v in params.items()},
                 "seed": seed, "output_dir": run_dir(results, task, model, dataset, point),
             }
             run = Run(grid=grid["name"], task=task, model=model, dataset=dataset, point=point,
                       dir=over["output_dir"], base_config=grid["base_config"],
                       overrides=tuple(overrides_list(over)), data_files=data_files,
-                      eval_data=data_files.get("eval", ds.get("eval")), eval=ev, resources=grid["resources"])
+                      eval_data=data_files.get("eval", data_over["data.eval"]), eval=ev,
+                      resources=grid["resources"], inputs=tuple(inputs.items()))
             other = runs.get(run.key)
             if other is None:
                 # everything else of the run config, checked now rather than on a GPU node; files that the
                 # workflow itself makes do not exist yet and are checked as 'synthetic'
                 check = {**over, **{f"data.{k}": "synthetic" for k in data_files}}
+                # files made by other rules exist only later; their keys are checked by the task itself
+                for k in inputs:
+                    check.pop(k)
                 try:
                     load_config(Path(repo) / grid["base_config"], overrides_list(check), task=task)
                 except ConfigError as e:
@@ -419,7 +481,8 @@ class Plan:
         return f"{self.results}/reports/{grid}/{model}/{dataset}"
 
     def train_inputs(self, run: Run) -> dict:
-        return {"config": str(Path(self.repo) / run.base_config), **run.data_files}
+        return {"config": str(Path(self.repo) / run.base_config), **run.data_files,
+                **{f"input_{i}": path for i, (_, path) in enumerate(run.inputs)}}
 
     def run_dependency(self, path: str) -> list[str]:
         """A model path that is another run's final/ -> that run's summary (so that it is trained first)."""
@@ -435,7 +498,7 @@ class Plan:
         out = {"summary": run.summary}
         if "eval" in run.data_files:
             out["data"] = run.data_files["eval"]
-        if run.task == "dpo":
+        if run.task in registry.EVAL_POLICY_TASKS:
             out["judges"] = [d for k in ("reward_model", "reference") for d in self.run_dependency(run.eval[k])]
         return out
 
@@ -469,9 +532,9 @@ class Plan:
     def eval_command(self, run: Run) -> list[str]:
         """Arguments of `fairhpc` that evaluate a run on its held-out data into RUN/eval/."""
         common = ["--data", self.eval_data(run), "--out", run.eval_dir, *shlex.split(run.eval["args"])]
-        if run.task == "rm":
+        if registry.EVAL_IN_TRAINING.get(run.task) == "eval-rm":
             return ["eval-rm", "--model", run.final, *common]
-        if run.task == "dpo":
+        if run.task in registry.EVAL_POLICY_TASKS:
             return ["eval-policy", "--policy", run.final, "--reference", run.eval["reference"],
                     "--reward-model", run.eval["reward_model"], *common]
         raise WorkflowConfigError(f"{run.dir}: no held-out evaluation command for task {run.task!r}")

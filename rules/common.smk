@@ -20,6 +20,9 @@ except wf.WorkflowConfigError as e:
     raise WorkflowError(str(e)) from None
 
 RESULTS = PLAN.results
+# final outputs of the stages in other rule files (reports, plots) that the default target `all` asks for:
+# each rule file appends its own
+EXTRA_TARGETS = []
 TASKS = "|".join(registry.TASKS)
 OPS_MARKER = (
     f"{RESULTS}/ops/built.json"  # rules/ops.smk: DeepSpeed ops compiled before training

@@ -143,7 +143,14 @@ BAD = [
     (grid(modes={"fr": {"alpha": [0.1], "tau": [1]}}), ["grids[0] (g).modes.fr", "tau = 1", "switches fairness off"]),
     (grid(modes={"dpo": {}}), ["grids[0].modes", "'dpo' is not one of ['bt', 'fr', 'fc']"]),
     (grid(modes={"fr": {"alpha": ["high"], "tau": [-1]}}), ["grids[0].modes.fr.alpha[0]", "'high' is not of type"]),
-    (grid(task="ppo"), ["grids[0].task", "'ppo' is not one of ['rm', 'dpo']"]),
+    (grid(task="ppo"), ["grids[0].task", "'ppo' is not one of ['rm', 'dpo'"]),
+    (grid(sweep={"seed": [1, 2]}), ["grids[0].sweep", "'seed' does not match"]),
+    (grid(sweep={"objective.alpha": [1]}), ["grids[0] (g)", "objective.alpha is set by the grid itself"]),
+    (grid(sweep={"train.lr": []}), ["grids[0].sweep.train.lr", "should be non-empty"]),
+    (grid(sweep={"train.lr": [-1.0]}), ["point bt_lr-1_seed0", "train.lr: must be"]),
+    (grid(sweep={"train.lr": [1e-4]}, inputs={"train.lr": "{results}/x"}), ["grids[0] (g)", "both in sweep and in inputs"]),
+    ({"datasets": {"made": {"train": "data/{results}/x.jsonl"}}, **grid(datasets=["made"])},
+     ["datasets.made.train", "{results} may only start the path"]),
     (grid(models=["huge"]), ["grids[0] (g).models", "'huge' is not defined under models", "tiny"]),
     (grid(seeds=[-1]), ["grids[0].seeds[0]", "-1 is less than the minimum of 0"]),
     (grid(base_config="configs/runs/nope.yaml"), ["grids[0] (g).base_config", "configs/runs/nope.yaml"]),
@@ -166,7 +173,7 @@ BAD = [
      ["grids[0] (g).eval.benchmarks", "names must differ"]),
     (grid(task="dpo", modes={"dpo": {}}, base_config="configs/runs/dpo_tiny.yaml",
           eval={"reference": DPO_EVAL["reference"]}), ["grids[0] (g).eval", "set eval.reward_model"]),
-    (grid(eval={"reference": "x"}), ["grids[0] (g).eval", "reward_model / reference are for DPO grids"]),
+    (grid(eval={"reference": "x"}), ["grids[0] (g).eval", "reward_model / reference are for policy grids"]),
     ({"grids": [grid()["grids"][0], grid()["grids"][0]]}, ["grids[1] (g).name", "'g' is used by two grids"]),
     ({"grids": [grid()["grids"][0], {**grid()["grids"][0], "name": "h", "overrides": {"train.lr": 0.5}}]},
      ["grids[1] (h): run results/runs/rm/tiny/synthetic/bt_seed0", "also a point of grid 'g'"]),
@@ -188,7 +195,7 @@ def test_bad_config_is_refused_naming_key_and_value(overlay, needles):
 def test_schema_enums_are_the_registry():
     from fairhpc.evaluation import BENCHMARKS
 
-    schema = yaml.safe_load((REPO / wf.SCHEMA).read_text())
+    schema = wf.load_schema(REPO)
     g = schema["$defs"]["grid"]
     assert tuple(g["properties"]["task"]["enum"]) == registry.TASKS
     assert set(g["properties"]["modes"]["properties"]) == set(registry.ALL_MODES) == set(wf.MODE_PARAMS)
@@ -353,3 +360,31 @@ def test_reward_models_are_scored_in_their_training_job_unless_evaluation_is_off
     cfg["grids"][1].update(seeds=[0], datasets=["other"])
     with pytest.raises(wf.WorkflowConfigError, match="bt_seed0 are evaluated in one grid and not in another"):
         wf.plan(cfg, REPO).eval_in_training_points()
+
+
+def test_sweep_multiplies_points_and_sets_the_keys():
+    plan = plan_of(grid(modes={"bt": {}, "fr": {"alpha": [1.0], "tau": [-1]}},
+                        sweep={"train.lr": [1e-4, 3e-4], "model.gradient_checkpointing": [True]}))
+    names = {k[3] for k in plan.grids["g"]}
+    assert names == {f"{m}_lr{lr}_gradient_checkpointingtrue_seed0"
+                     for m in ("bt", "fr_alpha1_tau-1") for lr in ("0.0001", "0.0003")}
+    run = plan.run("rm", "tiny", "synthetic", "bt_lr0.0003_gradient_checkpointingtrue_seed0")
+    assert "train.lr=0.0003" in run.overrides and "model.gradient_checkpointing=true" in run.overrides
+
+
+def test_grid_inputs_become_overrides_and_job_inputs():
+    plan = plan_of(grid(inputs={"data.max_train_examples": "{results}/made/{model}/{dataset}/n.txt"}))
+    # the value is not checked as a number: the file does not exist yet, the task reads it
+    run = plan.run("rm", "tiny", "synthetic", "bt_seed0")
+    assert "data.max_train_examples=results/made/tiny/synthetic/n.txt" in run.overrides
+    assert plan.train_inputs(run)["input_0"] == "results/made/tiny/synthetic/n.txt"
+
+
+def test_dataset_made_by_another_rule_is_an_input():
+    plan = plan_of({"datasets": {"made": {"train": "{results}/agg/pairs.jsonl", "eval": "{results}/agg/eval.jsonl"}}},
+                   grid(datasets=["made"]))
+    run = plan.run("rm", "tiny", "made", "bt_seed0")
+    assert run.data_files == {"train": "results/agg/pairs.jsonl", "eval": "results/agg/eval.jsonl"}
+    assert "data.train=results/agg/pairs.jsonl" in run.overrides
+    assert plan.train_inputs(run)["train"] == "results/agg/pairs.jsonl"
+    assert plan.eval_command(run)[plan.eval_command(run).index("--data") + 1] == "results/agg/eval.jsonl"
