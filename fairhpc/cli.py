@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "fairhpc.evaluation.cli",    # eval-rm, eval-benchmark, eval-policy, best-of-n
     "fairhpc.report",            # report
     "fairhpc.ops",               # build-ops
+    "fairhpc.gridplan",          # grid-plan
 )
 
 
