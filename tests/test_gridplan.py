@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fairhpc import gridplan, workflow as wf
+from fairhpc import gridplan
+from fairhpc import workflow as wf
 
 REPO = Path(__file__).resolve().parents[1]
 
