@@ -23,6 +23,7 @@ report: "rules/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/ops.smk"
+include: "rules/hub.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/eval.smk"
@@ -41,6 +42,7 @@ wildcard_constraints:
 # jobs that take seconds run on the submitting host, not as cluster jobs
 localrules:
     all,
+    fetch_hub,
     make_data,
     prepare_data,
     report_study,

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "fairhpc.report",            # report
     "fairhpc.ops",               # build-ops
     "fairhpc.gridplan",          # grid-plan
+    "fairhpc.hub",               # fetch-hub
 )
 
 

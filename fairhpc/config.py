@@ -522,7 +522,20 @@ def check_model_path(key: str, value: str | None, need_config: bool = True) -> N
     access.  Raises ModelPathError naming ``key`` and the path."""
     from fairhpc.sources import is_local_path
 
-    if value is None or value == "tiny" or not is_local_path(value):
+    if value is None or value == "tiny":
+        return
+    if not is_local_path(value):
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            from huggingface_hub import snapshot_download
+
+            try:  # offline: the hub name must already be in the cache (fairhpc/hub.py fetches it)
+                snapshot_download(value, local_files_only=True)
+            except Exception:  # noqa: BLE001 - any 'not cached' error of huggingface_hub
+                import huggingface_hub.constants as hc
+
+                raise _model_error(key, f"{value!r} is a hub name, HF_HUB_OFFLINE is set and it is not in the "
+                                        f"cache {hc.HF_HUB_CACHE}; fetch it first (`fairhpc fetch-hub`, or rule "
+                                        "fetch_hub of the workflow)") from None
         return
     p = Path(value).expanduser()
     if not p.exists():

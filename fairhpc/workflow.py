@@ -480,8 +480,28 @@ class Plan:
     def report_dir(self, grid: str, model: str, dataset: str) -> str:
         return f"{self.results}/reports/{grid}/{model}/{dataset}"
 
+    @property
+    def hub(self) -> dict:
+        return self.config["hub"]
+
+    @property
+    def hub_marker(self) -> str:
+        return f"{self.results}/hub/fetched.json"
+
+    def hub_items(self) -> list[dict]:
+        from fairhpc import hub
+
+        return hub.items(self)
+
+    def fetches_hub(self) -> bool:
+        """Whether rule fetch_hub runs before the jobs: hub.fetch with a cache or offline jobs, and items."""
+        return bool(self.hub["fetch"] and (self.hub["offline"] or self.hub["cache"]) and self.hub_items())
+
+    def hub_inputs(self) -> dict:
+        return {"hub": self.hub_marker} if self.fetches_hub() else {}
+
     def train_inputs(self, run: Run) -> dict:
-        return {"config": str(Path(self.repo) / run.base_config), **run.data_files,
+        return {"config": str(Path(self.repo) / run.base_config), **run.data_files, **self.hub_inputs(),
                 **{f"input_{i}": path for i, (_, path) in enumerate(run.inputs)}}
 
     def run_dependency(self, path: str) -> list[str]:
@@ -495,7 +515,7 @@ class Plan:
         return [f"{parent}/{layout.SUMMARY}"]
 
     def eval_inputs(self, run: Run) -> dict:
-        out = {"summary": run.summary}
+        out = {"summary": run.summary, **self.hub_inputs()}
         if "eval" in run.data_files:
             out["data"] = run.data_files["eval"]
         if run.task in registry.EVAL_POLICY_TASKS:
@@ -578,4 +598,12 @@ def plan(cfg: dict, repo: Path) -> Plan:
     """Check the workflow config (schema defaults are filled into `cfg`) and expand its grids."""
     check_schema(cfg, repo)
     runs, grids = build_runs(cfg, repo)
-    return Plan(cfg, Path(repo), runs, grids)
+    p = Plan(cfg, Path(repo), runs, grids)
+    if p.hub["offline"] and not p.hub["fetch"]:
+        from fairhpc import hub
+
+        try:
+            hub.check_cached(p.hub_items(), p.hub["cache"], p.hub["revisions"])
+        except ConfigError as e:
+            raise WorkflowConfigError(str(e)) from None
+    return p

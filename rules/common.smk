@@ -20,7 +20,7 @@ except wf.WorkflowConfigError as e:
     raise WorkflowError(str(e)) from None
 
 RESULTS = PLAN.results
-# final outputs of the stages in other rule files (reports, plots) that the default target `all` asks for:
+# final outputs of the stages defined in other files under rules/ (reports, plots), wanted by target `all`;
 # each rule file appends its own
 EXTRA_TARGETS = []
 TASKS = "|".join(registry.TASKS)

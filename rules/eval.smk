@@ -21,6 +21,9 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate/{RUN_LOG}",
     wildcard_constraints:
         task=TASKS_EVAL_JOB,
+    # short jobs: on a cluster, profile `group-components: evaluation=N` runs N of them in one allocation
+    group:
+        "evaluation"
     conda:
         "../envs/fairhpc.yaml"
     threads: threads_of("eval")
@@ -30,8 +33,9 @@ rule evaluate:
         gres=resource("eval", "gres"),
     params:
         command=eval_command,
+        hub_env=HUB_ENV,
     shell:
-        "OMP_NUM_THREADS={threads} fairhpc {params.command} > {log} 2>&1"
+        "{params.hub_env}OMP_NUM_THREADS={threads} fairhpc {params.command} > {log} 2>&1"
 
 
 use rule evaluate as eval_bias_benchmark with:

@@ -39,10 +39,11 @@ rule train:
         overrides=train_overrides,
         then_eval=train_eval_args,
         launch=launcher("train"),
+        hub_env=HUB_ENV,
     shell:
         'mkdir -p {params.run} && ln -sfn "$PWD/{params.train_log}" {log}; '
         'echo "== attempt {resources.attempt} on $(hostname) at $(date -Is) ==" >> {log}; '
-        "export OMP_NUM_THREADS={threads} TOKENIZERS_PARALLELISM=false; "
+        "export OMP_NUM_THREADS={threads} TOKENIZERS_PARALLELISM=false; {params.hub_env}"
         "{params.launch} fairhpc train-{wildcards.task} --config {input.config} --resume --on-mismatch restart "
         "{params.then_eval} {params.overrides} >> {log} 2>&1"
 

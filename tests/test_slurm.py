@@ -101,9 +101,12 @@ def test_embedded_default_grid_through_the_slurm_profile(slurm, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     jobs = submitted_jobs(out)
-    # local rules (data, ops, reports) run on the submit host; every training and evaluation is a SLURM job:
-    # 10 reward models (trained and scored in one job) + 8 DPO policies (trained, then evaluated)
-    assert len(jobs) == len(set(jobs)) == 26, out[-3000:]
+    # local rules (data, ops, reports) run on the submit host; training and evaluation are SLURM jobs:
+    # 10 reward models (trained and scored in one job) + 8 DPO policies (trained, then evaluated); the 8 DPO
+    # evaluations are rule runs of the group `evaluation`, 2 per allocation (profile group-components):
+    # 18 + 4 SLURM jobs for 26 rule runs
+    assert len(jobs) == len(set(jobs)) == 22, out[-3000:]
+    assert out.count("rule evaluate:") == 8 and out.count("Group job evaluation") == 4, out[-3000:]
     rows = sacct_when_recorded(jobs)
     assert {r["state"] for r in rows} == {"COMPLETED"}, rows
     assert {r["partition"] for r in rows} == {PROFILE["slurm_partition"]}

@@ -78,9 +78,9 @@ DAGS = {
     "config.yaml": {"make_data": 1, "build_ops": 1, "train_and_evaluate": 10, "train": 8, "evaluate": 8,
                     "report_study": 2, "all": 1},
     # 12 reward models (the ablation shares 2 with the main grid), each also on RewardBench; 3 studies
-    "configs/grids/rm.yaml": {"prepare_data": 2, "build_ops": 1, "train_and_evaluate": 12,
+    "configs/grids/rm.yaml": {"prepare_data": 2, "fetch_hub": 1, "build_ops": 1, "train_and_evaluate": 12,
                               "eval_bias_benchmark": 12, "report_study": 3, "report_bias_benchmark": 3, "all": 1},
-    "configs/grids/dpo.yaml": {"prepare_data": 2, "build_ops": 1, "train": 6, "evaluate": 6, "report_study": 2,
+    "configs/grids/dpo.yaml": {"prepare_data": 2, "fetch_hub": 1, "build_ops": 1, "train": 6, "evaluate": 6, "report_study": 2,
                                "all": 1},
 }
 TRAIN_RULES = ("train", "train_and_evaluate")
