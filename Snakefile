@@ -29,6 +29,10 @@ include: "rules/train.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
 include: "rules/bench.smk"
+include: "rules/policy_benchmarks.smk"
+include: "rules/rlchf.smk"
+include: "rules/pg.smk"
+include: "rules/armo.smk"
 
 
 wildcard_constraints:
