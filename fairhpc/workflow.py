@@ -221,7 +221,7 @@ def dataset_sources(name: str, ds: dict, results: str) -> tuple[dict, dict]:
     """({'train': file, 'eval': file} made by this workflow, run-config overrides of the data sources).
 
     A `train` / `eval` path that starts with {results}/ is a file another rule of the workflow makes (e.g. the
-    aggregated pairs of rules/rlchf.smk): it is filled in and becomes an input of the jobs that read it."""
+    pairs aggregated from simulated rankings): it is filled in and becomes an input of the jobs that read it."""
     given = [k for k in ("make", "prepare", "train") if k in ds]
     if len(given) != 1:
         raise WorkflowConfigError(
