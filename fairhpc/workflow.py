@@ -20,6 +20,7 @@ from :mod:`fairhpc.layout`.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 import shlex
@@ -488,10 +489,14 @@ class Plan:
     def hub_marker(self) -> str:
         return f"{self.results}/hub/fetched.json"
 
-    def hub_items(self) -> list[dict]:
+    @functools.cached_property
+    def _hub_items(self) -> list[dict]:
         from fairhpc import hub
 
-        return hub.items(self)
+        return hub.items(self)  # reads every run's config: once per plan, not once per job
+
+    def hub_items(self) -> list[dict]:
+        return self._hub_items
 
     def fetches_hub(self) -> bool:
         """Whether rule fetch_hub runs before the jobs: hub.fetch with a cache or offline jobs, and items."""
