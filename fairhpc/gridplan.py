@@ -100,14 +100,7 @@ def render(c: dict) -> str:
 
 
 def _cmd(args) -> int:
-    from fairhpc.errors import ConfigError
-
-    cfg = workflow_config(args.configfile or [])
-    try:
-        plan = wf.plan(cfg, REPO)
-    except wf.WorkflowConfigError as e:
-        raise ConfigError(str(e)) from None
-    c = cost(plan)
+    c = cost(wf.plan(workflow_config(args.configfile or []), REPO))  # WorkflowConfigError is a ConfigError
     print(json.dumps(c, indent=1) if args.json else render(c))
     return 0
 

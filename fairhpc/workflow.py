@@ -20,6 +20,7 @@ from :mod:`fairhpc.layout`.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 import shlex
@@ -222,7 +223,7 @@ def dataset_sources(name: str, ds: dict, results: str) -> tuple[dict, dict]:
     """({'train': file, 'eval': file} made by this workflow, run-config overrides of the data sources).
 
     A `train` / `eval` path that starts with {results}/ is a file another rule of the workflow makes (e.g. the
-    aggregated pairs of rules/rlchf.smk): it is filled in and becomes an input of the jobs that read it."""
+    pairs aggregated from simulated rankings): it is filled in and becomes an input of the jobs that read it."""
     given = [k for k in ("make", "prepare", "train") if k in ds]
     if len(given) != 1:
         raise WorkflowConfigError(
@@ -489,10 +490,14 @@ class Plan:
     def hub_marker(self) -> str:
         return f"{self.results}/hub/fetched.json"
 
-    def hub_items(self) -> list[dict]:
+    @functools.cached_property
+    def _hub_items(self) -> list[dict]:
         from fairhpc import hub
 
-        return hub.items(self)
+        return hub.items(self)  # reads every run's config: once per plan, not once per job
+
+    def hub_items(self) -> list[dict]:
+        return self._hub_items
 
     def fetches_hub(self) -> bool:
         """Whether rule fetch_hub runs before the jobs: hub.fetch with a cache or offline jobs, and items."""
