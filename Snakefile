@@ -33,6 +33,7 @@ include: "rules/policy_benchmarks.smk"
 include: "rules/rlchf.smk"
 include: "rules/pg.smk"
 include: "rules/armo.smk"
+include: "rules/rm_compare.smk"
 
 
 wildcard_constraints:

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fairhpc.rlchf.cli",         # personas, candidates, rank, aggregate, eval-groups, rlchf-report
     "fairhpc.pg.cli",            # pg-classifier, pg-report
     "fairhpc.armo.cli",          # armo-embed, armo-regress
+    "fairhpc.rm_compare",        # report-rm-kinds
 )
 
 

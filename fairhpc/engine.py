@@ -214,9 +214,12 @@ class Engine:
             atomic_write_json(self.run.data_stats, stats)
         self.collate = self.task.collate
         self.sampler = ShardSampler(self.train_ds, self.rank, self.world, cfg.seed)
+        # a generator of its own: starting an epoch (iter) would otherwise draw the workers' base seed from the
+        # global RNG, which a resume restores after that draw, so a resumed run's dropout would shift
         self.loader = torch.utils.data.DataLoader(
             self.train_ds, batch_size=cfg.train.micro_batch_size, sampler=self.sampler,
-            collate_fn=self.collate, num_workers=cfg.train.num_workers)
+            collate_fn=self.collate, num_workers=cfg.train.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed))
         t = cfg.train
         # an epoch is steps_per_epoch full optimizer steps; the last micro_per_epoch % grad_accum micro-batches
         # of an epoch are not used (each epoch reshuffles, so no example is left out every time)
@@ -278,7 +281,7 @@ class Engine:
         """This rank's shard of `dataset` in a fixed order, batched like training."""
         sampler = ShardSampler(dataset, self.rank, self.world, 0, shuffle=False)
         return torch.utils.data.DataLoader(dataset, batch_size=self.cfg.train.micro_batch_size, sampler=sampler,
-                                           collate_fn=self.collate)
+                                           collate_fn=self.collate, generator=torch.Generator().manual_seed(0))
 
     def gather_by_index(self, dataset, fn, desc: str | None = None, fill: float = float("nan")) -> torch.Tensor:
         """Apply `fn(batch) -> [b, ...]` to every example of `dataset`, spread over the ranks.

@@ -10,9 +10,6 @@ import os
 
 import pytest
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-os.environ.update(OFFLINE)  # before huggingface_hub / datasets read them at import: no network in these tests
-
 pytest.importorskip("alpaca_eval")
 pytest.importorskip("fastchat")
 pytest.importorskip("lm_eval")
@@ -49,6 +46,8 @@ def test_commands_registered():
 
     assert "fairhpc.evaluation.bench_cli" in main_cli.COMMAND_MODULES
 
+# no network in these tests: every test (and every process it starts) runs offline; not set at import, where it
+# would leak into the other test files that pytest collects into the same process
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
