@@ -29,6 +29,11 @@ include: "rules/train.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
 include: "rules/bench.smk"
+include: "rules/policy_benchmarks.smk"
+include: "rules/rlchf.smk"
+include: "rules/pg.smk"
+include: "rules/armo.smk"
+include: "rules/rm_compare.smk"
 
 
 wildcard_constraints:

@@ -15,10 +15,15 @@ COMMAND_MODULES = (
     "fairhpc.synthetic",         # make-data
     "fairhpc.prepare",           # prepare-data
     "fairhpc.evaluation.cli",    # eval-rm, eval-benchmark, eval-policy, best-of-n
+    "fairhpc.evaluation.bench_cli",  # alpaca-eval, mt-bench, lm-eval, policy-bench-*
     "fairhpc.report",            # report
     "fairhpc.ops",               # build-ops
     "fairhpc.gridplan",          # grid-plan
     "fairhpc.hub",               # fetch-hub
+    "fairhpc.rlchf.cli",         # personas, candidates, rank, aggregate, eval-groups, rlchf-report
+    "fairhpc.pg.cli",            # pg-classifier, pg-report
+    "fairhpc.armo.cli",          # armo-embed, armo-regress
+    "fairhpc.rm_compare",        # report-rm-kinds
 )
 
 

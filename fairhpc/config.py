@@ -182,6 +182,15 @@ class ModelConfig:
     attn_implementation: str = _f("auto", "auto: flash_attention_2 if installed and on GPU, else sdpa",
                                   choices=registry.ATTN_IMPLS)
     gradient_checkpointing: bool = _f(False, "recompute activations in backward")
+    head: str = _f("linear", "reward-model head (train-rm): linear = one scalar head; moe = model.moe_experts "
+                             "scalar heads mixed by a softmax gate on the last hidden state",
+                   choices=registry.REWARD_HEADS)
+    moe_experts: int = _f(4, "experts of model.head=moe", range=Range(2))
+    logprob_impl: str = _f("auto", "sequence log-probs of a policy: auto = Triton kernel on CUDA, chunked torch "
+                                   "on CPU (no [B, T, V] logits); chunked; triton; eager = full logits "
+                                   "(docs/memory.md)", choices=registry.LOGPROB_IMPLS)
+    logprob_chunk_tokens: int = _f(-1, "tokens per chunk of logits (logprob_impl chunked/triton); -1 = as many "
+                                       "as fit 64 MiB of float32 logits", range=Range(1, special=(-1,)))
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "tiny model shape"})
 
 
@@ -214,6 +223,139 @@ class TrainConfig:
     log_steps: int = _f(1, "metrics line every N optimizer steps", range=AT_LEAST_ONE)
     precompute_ref: bool = _f(True, "DPO: compute reference log-probs once and cache them")
     num_workers: int = _f(0, "DataLoader worker processes; 0 = load in the training process", range=NON_NEGATIVE)
+    report_to: str = _f("none", "experiment tracking of training metrics, evaluation summaries and the resolved "
+                                "config, written by rank 0 (fairhpc/tracking.py): a tracker, or several joined "
+                                "by commas (tensorboard,csv); none = off", choices=registry.REPORT_TO)
+    tracking_dir: str | None = _f(None, "where local trackers write (tensorboard/, csv/, mlruns/ below it); "
+                                        "null = <output_dir>/tracking")
+    run_name: str | None = _f(None, "the run's name in the trackers; null = the last component of output_dir")
+    tracking_project: str = _f("fairhpc", "wandb project / mlflow experiment the run is logged under")
+
+
+@dataclass
+class PgConfig:
+    """Policy-gradient RLHF with reward dropout (``fairhpc train-pg``, fairhpc/tasks/pg.py, docs/pg.md)."""
+
+    algo: str = _f("offpolicy", "update: offpolicy (Reward Dropout's importance-weighted update on samples "
+                                "from the behaviour model), reinforce (baseline + KL penalty) or ppo",
+                   choices=registry.PG_ALGOS)
+    sample_from: str = _f("auto", "who generates the training samples: behaviour (the reference model beta), "
+                                  "policy (on-policy); auto = behaviour for offpolicy, policy otherwise",
+                          choices=registry.PG_SAMPLE_FROM)
+    dropout: str = _f("none", "reward dropout: none, random (drops exactly round(rate x batch) samples), "
+                              "quantile (keeps the samples at or above the rate-quantile), adaptive (keeps "
+                              "those at or above the running mean of earlier batches)",
+                      choices=registry.PG_DROPOUTS)
+    dropout_rate: float = _f(0.9, "share of samples dropout removes (random, quantile)", range=UNIT_HALF_OPEN)
+    dropout_signal: str = _f("R", "what dropout ranks: R (the reward), R+logbeta (the bi-objective reward) or "
+                                  "advantage (the update's own weight)", choices=registry.PG_DROPOUT_SIGNALS)
+    dropout_scope: str = _f("global", "where the threshold is taken: global = the whole data-parallel batch "
+                                      "of the step (one all_gather), rank = each rank's own samples",
+                            choices=registry.PG_DROPOUT_SCOPES)
+    all_dropped: str = _f("keep_best", "a step whose mask keeps no sample: keep_best keeps the best sample(s), "
+                                       "error stops the run", choices=registry.PG_ALL_DROPPED)
+    decoding: str = _f("stochastic", "decoding of the samples (training and evaluation)",
+                       choices=registry.PG_DECODINGS)
+    temperature: float = _f(1.0, "sampling temperature (stochastic, top-k)", range=POSITIVE)
+    top_k: int = _f(50, "top-k decoding: sample among the k most likely tokens", range=AT_LEAST_ONE)
+    max_new_tokens: int = _f(16, "tokens generated per sample at most", range=AT_LEAST_ONE)
+    samples_per_prompt: int = _f(1, "samples generated per prompt", range=AT_LEAST_ONE)
+    clip: float = _f(1.0, "offpolicy: the importance weight pi/beta is clipped to [0, clip]; 0 = no clipping",
+                     range=NON_NEGATIVE)
+    reward_scale: float = _f(1.0, "the reward R enters every update as reward_scale * R", range=FINITE)
+    kl_coef: float = _f(0.05, "reinforce, ppo: weight of the KL penalty to the reference", range=NON_NEGATIVE)
+    ppo_epochs: int = _f(2, "ppo: optimizer steps on one rollout (the rollout is made every ppo_epochs steps)",
+                         range=AT_LEAST_ONE)
+    ppo_clip: float = _f(0.2, "ppo: clip range of the probability ratio", range=POSITIVE)
+    value_clip: float = _f(0.2, "ppo: clip range of the value update", range=POSITIVE)
+    vf_coef: float = _f(0.5, "ppo: weight of the value loss", range=NON_NEGATIVE)
+    gamma: float = _f(1.0, "ppo: discount of GAE", range=Range(0, 1))
+    gae_lambda: float = _f(0.95, "ppo: lambda of GAE", range=Range(0, 1))
+    whiten_advantages: bool = _f(True, "ppo: normalise the advantages of a rollout to mean 0, std 1")
+    reward_model: str | None = _f(None, "reward: a reward model directory of this project (one output) or a "
+                                        "transformers sequence classifier (path or hub name); `fairhpc "
+                                        "pg-classifier` trains the synthetic task's classifier")
+    target_label: str | None = _f(None, "classifier rewards: the label whose probability is the reward (a name "
+                                        "of the classifier's id2label, or its index)")
+    reward_input: str = _f("auto", "what the reward model reads: response text, or the conversation (prompt "
+                                   "+ response in its chat template); auto = conversation for one-output "
+                                   "reward models, response for classifiers", choices=registry.PG_REWARD_INPUTS)
+    policy_init: str = _f("pretrained", "the policy starts as the pretrained model.name_or_path, or with "
+                                        "random weights of its architecture (a non-pretrained target)",
+                          choices=registry.PG_POLICY_INIT)
+    prompt_format: str = _f("chat", "prompts rendered with the chat template (chat) or as plain text to continue",
+                            choices=registry.PG_PROMPT_FORMATS)
+    prompt_field: str = _f("prompt", "data column holding the prompt (text or messages)")
+    prompt_words: int = _f(0, "keep the first N words of each prompt (continuation tasks); 0 = all",
+                           range=NON_NEGATIVE)
+
+
+ARMO_PENALTIES = [0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55,
+                  0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+
+
+@dataclass
+class ArmoConfig:
+    """ArmoRM (fairhpc/armo/, docs/armo.md): embed -> regress -> gate (task armo)."""
+
+    embeddings: str = _f("", "armo: gathered embeddings file of `fairhpc armo-embed` (DIR/embeddings.safetensors), "
+                             "read by armo-regress and the gate (train-armo)")
+    regression: str = _f("", "armo: regression file of `fairhpc armo-regress` (DIR/regression.safetensors), read "
+                             "by the gate (train-armo)")
+    ratings_train: str = _f("synthetic", "armo: absolute ratings for the regression: 'synthetic' or a "
+                                         ".jsonl/.json/.parquet file or hub dataset of prompt, response, ratings")
+    ratings_eval: str | None = _f("synthetic", "armo: held-out ratings (R^2 per objective); null = none")
+    objectives: list = _f(  # noqa: RUF009 - _f gives a default_factory
+        [], "armo: rating columns in order; [] = the keys of the `ratings` mappings of ratings_train; named "
+            "columns may also be top-level fields (HelpSteer form)")
+    rating_min: float = _f(0.0, "armo: lowest allowed rating", range=FINITE)
+    rating_max: float = _f(4.0, "armo: highest allowed rating; > rating_min", range=FINITE)
+    synthetic_ratings_train: int = _f(2000, "armo: synthetic rated responses for the regression",
+                                      range=AT_LEAST_ONE)
+    synthetic_ratings_eval: int = _f(500, "armo: synthetic held-out rated responses", range=NON_NEGATIVE)
+    max_length: int = _f(512, "armo: max tokens of prompt + response given to the backbone (oldest prompt "
+                              "tokens cut first)", range=Range(2))
+    batch_size: int = _f(16, "armo: sequences per backbone forward of the embed stage", range=AT_LEAST_ONE)
+    num_shards: int = _f(4, "armo: shards of the embed stage (one job each in the workflow)", range=AT_LEAST_ONE)
+    store_dtype: str = _f("float32", "armo: dtype of the stored embeddings", choices=registry.ARMO_STORE_DTYPES)
+    backbone_seed: int = _f(0, "armo: seed of the random weights of a tiny backbone (model.name_or_path: tiny)",
+                            range=SEED)
+    ridge_alphas: list = _f(  # noqa: RUF009 - _f gives a default_factory
+        [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4],
+        "armo: ridge regularisation strengths tried per objective (each > 0)")
+    val_fraction: float = _f(0.2, "armo: share of ratings_train rows that choose each objective's ridge alpha",
+                             range=Range(0, 1, lo_open=True, hi_open=True))
+    fit_intercept: bool = _f(False, "armo: ridge intercept per objective (ArmoRM fits none)")
+    verbosity: str = _f("verbosity", "armo: the objective the others are decorrelated from; '' = none")
+    corr_threshold: float = _f(0.03, "armo: each objective minus lambda_k * verbosity must have Spearman "
+                                     "correlation <= this with verbosity on the reference set",
+                               range=Range(-1, 1))
+    penalties: list = _f(ARMO_PENALTIES,  # noqa: RUF009 - _f gives a default_factory
+                         "armo: candidate lambda_k, tried in increasing order (each >= 0)")
+    reference: str = _f("pairs_train", "armo: responses on which the penalties are chosen",
+                        choices=registry.ARMO_REFERENCES)
+    gate_hidden: int = _f(64, "armo: width of the gate's hidden layers", range=AT_LEAST_ONE)
+    gate_layers: int = _f(2, "armo: hidden layers of the gate MLP (0 = linear)", range=NON_NEGATIVE)
+    gate_dropout: float = _f(0.0, "armo: dropout after each hidden layer of the gate", range=UNIT_HALF_OPEN)
+    temperature: float = _f(10.0, "armo: softmax temperature of the gate", range=POSITIVE)
+    logit_scale: float = _f(1.0, "armo: initial value of the learned scale of the gated score", range=POSITIVE)
+
+    def __post_init__(self):
+        if not isinstance(self.objectives, list) or not all(isinstance(o, str) and o for o in self.objectives):
+            raise _error("armo.objectives", f"expected a list of rating column names, got {self.objectives!r}")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise _error("armo.objectives", f"names repeat: {self.objectives}")
+        for key in ("ridge_alphas", "penalties"):
+            v = getattr(self, key)
+            ok = isinstance(v, list) and v and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            if not ok or any(x <= 0 if key == "ridge_alphas" else x < 0 for x in v):
+                need = "> 0" if key == "ridge_alphas" else ">= 0"
+                raise _error(f"armo.{key}", f"expected a non-empty list of finite numbers {need}, got {v!r}")
+        lo, hi = self.rating_min, self.rating_max
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi))
+        if numbers and hi <= lo:
+            raise _error("armo.rating_max", f"must be > armo.rating_min ({self.rating_min}), got {self.rating_max}")
 
 
 @dataclass
@@ -226,6 +368,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
+    pg: PgConfig = field(default_factory=PgConfig, metadata={"help": "policy-gradient RLHF"})
+    armo: ArmoConfig = field(default_factory=ArmoConfig, metadata={"help": "ArmoRM"})
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -423,9 +567,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                               f"trains {task!r}")
         data["task"] = task
     t = data.get("task", "rm")
-    if t == "dpo":
+    if t in registry.MODES.get(t, ()):  # a task with a mode of its own name (dpo, sft) defaults to it
         obj = dict(data.get("objective") or {})
-        obj.setdefault("mode", "dpo")
+        obj.setdefault("mode", t)
         data["objective"] = obj
     try:
         cfg = _build(RunConfig, data, "")

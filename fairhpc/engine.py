@@ -11,7 +11,8 @@ Outline of :meth:`Engine.__init__` and :meth:`Engine.train`:
   2. the task's model, deepspeed.initialize with the ZeRO config of ``train.zero_stage``
      (fairhpc/ds_configs/zeroN.json), AdamW and a warmup + cosine schedule counted in optimizer steps
   3. the task's own set-up that needs the engine (e.g. outputs of a frozen model computed once)
-  4. the loop: task.loss per micro-batch, backward, step; metrics JSONL, tqdm, checkpoints every
+  4. the loop: task.loss per micro-batch, backward, step; metrics JSONL (also to the experiment trackers of
+     ``train.report_to``, fairhpc/tracking.py), tqdm, checkpoints every
      ``save_steps``, held-out evaluation, SIGTERM/SIGUSR1 -> checkpoint and exit
   5. final ``save_pretrained`` (safetensors + tokenizer), the task's finishing work, summary.json
 """
@@ -39,6 +40,7 @@ from fairhpc.config import RunConfig, to_dict
 from fairhpc.errors import ConfigError, FairhpcError
 from fairhpc.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fairhpc.layout import RunDir
+from fairhpc.tracking import Trackers, check_trackers, open_trackers
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the job stopped on a signal after saving a checkpoint
 DS_CONFIG_DIR = Path(__file__).parent / "ds_configs"
@@ -183,6 +185,7 @@ class Engine:
         from fairhpc.tokenizer import load_tokenizer
 
         check_environment(cfg)  # device, output_dir and model paths: before any data is read
+        check_trackers(cfg)  # the packages of train.report_to (fairhpc/tracking.py), before any data is read
         self.cfg = cfg
         self.run = RunDir(cfg.output_dir)
         self.out = self.run.root
@@ -211,9 +214,12 @@ class Engine:
             atomic_write_json(self.run.data_stats, stats)
         self.collate = self.task.collate
         self.sampler = ShardSampler(self.train_ds, self.rank, self.world, cfg.seed)
+        # a generator of its own: starting an epoch (iter) would otherwise draw the workers' base seed from the
+        # global RNG, which a resume restores after that draw, so a resumed run's dropout would shift
         self.loader = torch.utils.data.DataLoader(
             self.train_ds, batch_size=cfg.train.micro_batch_size, sampler=self.sampler,
-            collate_fn=self.collate, num_workers=cfg.train.num_workers)
+            collate_fn=self.collate, num_workers=cfg.train.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed))
         t = cfg.train
         # an epoch is steps_per_epoch full optimizer steps; the last micro_per_epoch % grad_accum micro-batches
         # of an epoch are not used (each epoch reshuffles, so no example is left out every time)
@@ -250,6 +256,9 @@ class Engine:
         if self.resuming:
             self._resume()
         self._stop = False
+        # experiment trackers (rank 0; none by default): the resolved config now, metrics lines as they are
+        # written, the summaries at the end
+        self.trackers: Trackers = open_trackers(cfg, self.run, self.global_step, self.is_main)
 
     def _decide_run_dir(self, resume: bool, on_mismatch: str, overwrite: bool) -> str:
         """"fresh" or "resume", decided on rank 0 and shared; a refusal is raised on every rank."""
@@ -272,7 +281,7 @@ class Engine:
         """This rank's shard of `dataset` in a fixed order, batched like training."""
         sampler = ShardSampler(dataset, self.rank, self.world, 0, shuffle=False)
         return torch.utils.data.DataLoader(dataset, batch_size=self.cfg.train.micro_batch_size, sampler=sampler,
-                                           collate_fn=self.collate)
+                                           collate_fn=self.collate, generator=torch.Generator().manual_seed(0))
 
     def gather_by_index(self, dataset, fn, desc: str | None = None, fill: float = float("nan")) -> torch.Tensor:
         """Apply `fn(batch) -> [b, ...]` to every example of `dataset`, spread over the ranks.
@@ -406,6 +415,7 @@ class Engine:
     def _log(self, rec: dict) -> None:
         if self.is_main:
             append_jsonl(self.run.metrics, rec)
+            self.trackers.log_metrics(rec)
 
     def _log_eval(self) -> dict | None:
         ev = self.evaluate()
@@ -524,6 +534,10 @@ class Engine:
                    "train_time_s": time.time() - start, "eval": ev, "final_model": str(self.run.final)}
         if self.is_main:
             atomic_write_json(self.run.summary, summary)
+            self.trackers.log_summary("summary", self.global_step, summary)
+            if self.then_eval is not None and getattr(self.then_eval, "out", None):
+                self.trackers.log_eval_dir(self.then_eval.out, self.global_step)
+            self.trackers.close()
         dist.barrier()
         return summary
 
@@ -546,4 +560,8 @@ class Engine:
 
 def train(cfg: RunConfig, resume: bool = False, on_mismatch: str = "error", overwrite: bool = False,
           then_eval: list[str] | None = None) -> dict:
-    return Engine(cfg, resume=resume, on_mismatch=on_mismatch, overwrite=overwrite, then_eval=then_eval).train()
+    engine = Engine(cfg, resume=resume, on_mismatch=on_mismatch, overwrite=overwrite, then_eval=then_eval)
+    try:
+        return engine.train()
+    finally:
+        engine.trackers.close()  # also after a signal or a failure: what was logged is flushed

@@ -47,9 +47,44 @@ def workflow_config(configfiles: list[str], repo: Path = REPO) -> dict:
 def job_cost(resources: dict) -> dict:
     """One job of a grid part (train / eval): nodes, GPUs per node, hours, GPU-hours (first attempt)."""
     hours = resources["runtime"] / 60
-    return {"nodes": resources["nodes"], "gpus_per_node": resources["gpus"], "hours": hours,
-            "gpu_hours": hours * resources["nodes"] * resources["gpus"],
-            "cpu_hours": hours * resources["nodes"] * resources["tasks_per_node"] * resources["cpus"]}
+    nodes, tasks = resources.get("nodes", 1), resources.get("tasks_per_node", 1)
+    return {"nodes": nodes, "gpus_per_node": resources["gpus"], "hours": hours,
+            "gpu_hours": hours * nodes * resources["gpus"],
+            "cpu_hours": hours * nodes * tasks * resources["cpus"]}
+
+
+def stage_jobs(plan: wf.Plan) -> list[dict]:
+    """The cluster jobs of the systems' stage rules (rules/policy_benchmarks.smk, armo.smk, rlchf.smk), each
+    {"rule", "jobs", "resources"}: what those rules ask for, counted as the rules expand."""
+    from fairhpc.evaluation import policy_benchmarks as PB
+
+    cfg, out = plan.config, []
+    settings = PB.workflow_settings(cfg)
+    pb_runs = PB.benchmark_runs(plan, settings)
+    if pb_runs:
+        for part, rules in (("alpaca_eval", (("alpaca_eval_generate", "generate"), ("alpaca_eval_judge", "judge"))),
+                            ("mt_bench", (("mt_bench_generate", "generate"), ("mt_bench_judge", "judge"))),
+                            ("lm_eval", (("lm_eval", "lm_eval"),))):
+            if settings[part]["enabled"]:
+                out += [{"rule": rule, "jobs": len(pb_runs), "resources": settings["resources"][res]}
+                        for rule, res in rules]
+    armo = cfg.get("armo") or {}
+    studies = {(r.model, r.dataset) for r in plan.runs.values() if r.task == "armo"}
+    if studies:
+        res = armo["resources"]
+        out += [{"rule": "armo_embed", "jobs": len(studies) * int(armo.get("num_shards", 4)), "resources": res["embed"]},
+                {"rule": "armo_gather", "jobs": len(studies), "resources": {**res["regress"], "gpus": 0}},
+                {"rule": "armo_regress", "jobs": len(studies), "resources": res["regress"]}]
+    rlchf = cfg.get("rlchf") or {}
+    if rlchf:
+        prefix = f"{plan.results}/rlchf/"
+        trained = [r for r in plan.runs.values()
+                   if str(cfg["datasets"][r.dataset].get("train", "")).replace("{results}", plan.results)
+                   .startswith(prefix)]
+        out += [{"rule": "rlchf_candidates", "jobs": 2, "resources": rlchf["candidates"]["resources"]},
+                {"rule": "rlchf_rank", "jobs": 2, "resources": rlchf["judge"]["resources"]},
+                {"rule": "rlchf_eval_groups", "jobs": len(trained), "resources": rlchf["eval"]["resources"]}]
+    return [s for s in out if s["jobs"]]
 
 
 def eval_jobs(run: wf.Run) -> int:
@@ -72,16 +107,22 @@ def cost(plan: wf.Plan) -> dict:
             "train_gpu_hours": train["gpu_hours"] * len(runs),
             "eval_jobs": n_eval, "eval_gpu_hours": ev["gpu_hours"] * n_eval,
         })
+    stages = [{"rule": s["rule"], "jobs": s["jobs"], "gpus_per_job": s["resources"]["gpus"],
+               "hours_per_job": job_cost(s["resources"])["hours"],
+               "gpu_hours": job_cost(s["resources"])["gpu_hours"] * s["jobs"],
+               "cpu_hours": job_cost(s["resources"])["cpu_hours"] * s["jobs"]} for s in stage_jobs(plan)]
     unique = list(plan.runs.values())
     total_train = sum(job_cost(r.resources["train"])["gpu_hours"] for r in unique)
     total_eval = sum(job_cost(r.resources["eval"])["gpu_hours"] * eval_jobs(r) for r in unique)
     total = {"train_jobs": len(unique), "eval_jobs": sum(eval_jobs(r) for r in unique),
              "train_gpu_hours": total_train, "eval_gpu_hours": total_eval,
-             "gpu_hours": total_train + total_eval,
+             "stage_jobs": sum(s["jobs"] for s in stages), "stage_gpu_hours": sum(s["gpu_hours"] for s in stages),
+             "gpu_hours": total_train + total_eval + sum(s["gpu_hours"] for s in stages),
              "cpu_hours": sum(job_cost(r.resources["train"])["cpu_hours"]
-                              + job_cost(r.resources["eval"])["cpu_hours"] * eval_jobs(r) for r in unique),
+                              + job_cost(r.resources["eval"])["cpu_hours"] * eval_jobs(r) for r in unique)
+                          + sum(s["cpu_hours"] for s in stages),
              "nodes_max": max((r.resources["train"]["nodes"] for r in unique), default=0)}
-    return {"grids": rows, "total": total}
+    return {"grids": rows, "stages": stages, "total": total}
 
 
 def render(c: dict) -> str:
@@ -95,6 +136,11 @@ def render(c: dict) -> str:
     t = c["total"]
     lines.append(f"| **total** (a run in two grids once) | | {t['train_jobs']} | up to {t['nodes_max']} nodes | | "
                  f"{t['train_gpu_hours']:g} | {t['eval_jobs']} | {t['eval_gpu_hours']:g} |")
+    if c["stages"]:
+        lines += ["", "| stage rule | jobs | GPUs per job | hours per job | GPU-h |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {s['rule']} | {s['jobs']} | {s['gpus_per_job']} | {s['hours_per_job']:g} | {s['gpu_hours']:g} |"
+                  for s in c["stages"]]
+        lines.append(f"| **total** | {t['stage_jobs']} | | | {t['stage_gpu_hours']:g} |")
     lines.append(f"\nGPU-hours requested (first attempts): {t['gpu_hours']:g}; CPU-hours: {t['cpu_hours']:g}")
     return "\n".join(lines)
 

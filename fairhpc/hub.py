@@ -65,6 +65,14 @@ def items(plan) -> list[dict]:
         for b in run.eval["benchmarks"]:
             for d in b["data"]:
                 add("dataset", d, f"{run.dir}: eval.benchmarks {b['name']}")
+        if run.task == "armo":  # the rated responses of the regression (the embed stage reads them too)
+            for key in ("ratings_train", "ratings_eval"):
+                add("dataset", getattr(cfg.armo, key), f"{run.dir}: armo.{key}")
+        if run.task == "pg":  # the reward classifier
+            add("model", cfg.pg.reward_model, f"{run.dir}: pg.reward_model")
+    rlchf = plan.config.get("rlchf") or {}
+    add("model", (rlchf.get("judge") or {}).get("model"), "rlchf.judge.model")
+    add("model", (rlchf.get("candidates") or {}).get("policy"), "rlchf.candidates.policy")
     for name, ds in plan.config["datasets"].items():
         for split, parts in (ds.get("prepare") or {}).items():
             for p in parts:

@@ -10,16 +10,33 @@ from __future__ import annotations
 #   bt / dpo : utility only (Bradley-Terry for reward models, DPO for policies)
 #   fr       : Fairness Regularization, loss = u - alpha * f
 #   fc       : Fairness Coefficient,   loss = u * f ** gamma
-TASKS = ("rm", "dpo")
-MODES = {"rm": ("bt", "fr", "fc"), "dpo": ("dpo", "fr", "fc")}
-UTILITY_MODES = ("bt", "dpo")
-ALL_MODES = ("bt", "dpo", "fr", "fc")
+#   sft      : supervised fine-tuning on target responses (next-token NLL; fairhpc/tasks/sft.py)
+TASKS = ("rm", "dpo", "sft")
+MODES = {"rm": ("bt", "fr", "fc"), "dpo": ("dpo", "fr", "fc"), "sft": ("sft",)}
+# pair_pm: a pairwise preference model (fairhpc/tasks/pair_pm.py; its margin is log P(A>B) - log P(B>A))
+TASKS += ("pair_pm",)
+MODES["pair_pm"] = ("bt", "fr", "fc")
+UTILITY_MODES = ("bt", "dpo", "sft")
+ALL_MODES = ("bt", "dpo", "fr", "fc", "sft")
+# pg: policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py); its objective is pg.algo, so its one
+# mode "pg" is a utility mode without fairness hyperparameters
+TASKS += ("pg",)
+MODES["pg"] = ("pg",)
+# armo: ArmoRM's gating stage on stored embeddings (fairhpc/tasks/armo.py, docs/armo.md); its margin is the
+# difference of the gated, verbosity-decorrelated objective scores
+TASKS += ("armo",)
+MODES["armo"] = ("bt", "fr", "fc")
+UTILITY_MODES += ("pg",)
+ALL_MODES += ("pg",)
 
 REDUCTIONS = ("mean", "sum")  # mean: Fair-RM convention; sum: the authors' Fair-DPO (HALOs) convention
 # Where the fairness sums of one loss evaluation come from (docs/method.md, "Scopes"): this rank's micro-batch;
 # the micro-step's batches of all data-parallel ranks; all micro-batches of all ranks in the optimizer step.
 SCOPES = ("micro", "global", "step")
 LOSS_IMPLS = ("auto", "triton", "torch")
+# Sequence log-probs of a causal LM (fairhpc/logprobs.py, docs/memory.md): auto = Triton kernel on CUDA, chunked torch
+# on CPU (full logits where a model post-processes its logits); chunked / triton force one; eager = full logits
+LOGPROB_IMPLS = ("auto", "chunked", "triton", "eager")
 
 DATA_FORMATS = ("auto", "standard", "trl", "hh")
 BAD_ROW_POLICIES = ("error", "skip")
@@ -34,6 +51,53 @@ SCHEDULERS = ("cosine", "linear", "constant")
 # `fairhpc` command it runs there (``fairhpc train-<task> --then-eval "<command> ..."``).  The workflow gives
 # these tasks no evaluation job of their own.
 EVAL_IN_TRAINING = {"rm": "eval-rm"}
+EVAL_IN_TRAINING["pair_pm"] = "eval-rm"
+# armo: ArmoRM's gate (fairhpc/tasks/armo.py); its final model scores through the backbone again
+EVAL_IN_TRAINING["armo"] = "eval-rm"
 # Policy tasks that the workflow evaluates in a job of their own with `fairhpc eval-policy` (generations on the
 # held-out prompts judged by a reward model against a reference policy).
 EVAL_POLICY_TASKS = ("dpo",)
+
+
+class TrackerNames(tuple):
+    """The experiment trackers of ``train.report_to``: one name, or several joined by commas
+    (``tensorboard,csv``); ``none`` stands alone.  Membership tests the whole (comma-joined) value."""
+
+    def __contains__(self, value) -> bool:
+        if not isinstance(value, str):
+            return False
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) > 1 and "none" in parts or len(set(parts)) != len(parts):
+            return False
+        return all(tuple.__contains__(self, p) for p in parts)
+
+
+# Experiment trackers (transformers / TRL ``report_to`` names); fairhpc/tracking.py implements each.
+REPORT_TO = TrackerNames(("none", "tensorboard", "wandb", "mlflow", "csv"))
+
+# Reward-model heads of `train-rm` (``model.head``): one linear scalar head, or E expert scalar heads mixed by a
+# softmax gate on the last hidden state (fairhpc/models.py, docs/reward_models.md).
+REWARD_HEADS = ("linear", "moe")
+# Kinds of saved reward models the evaluation commands dispatch on (fairhpc/evaluation/kinds.py): read from
+# the marker file fairhpc_model.json of a model directory, else from its config.json.
+MODEL_KINDS = ("scalar", "moe", "pair_pm", "armo")
+# How a pairwise model picks the best of N candidates (`fairhpc best-of-n --pairwise`).
+PAIRWISE_SELECTIONS = ("round-robin", "knockout")
+
+# Policy-gradient RLHF (fairhpc/pg/, docs/pg.md): update rules, reward-dropout masks and what they rank, where the
+# dropout threshold is taken, decodings, where samples come from, the all-dropped fallback, policy start
+PG_ALGOS = ("offpolicy", "reinforce", "ppo")
+PG_DROPOUTS = ("none", "random", "quantile", "adaptive")
+PG_DROPOUT_SIGNALS = ("R", "R+logbeta", "advantage")
+PG_DROPOUT_SCOPES = ("global", "rank")
+PG_DECODINGS = ("greedy", "stochastic", "top-k")
+PG_SAMPLE_FROM = ("auto", "behaviour", "policy")
+PG_ALL_DROPPED = ("keep_best", "error")
+PG_POLICY_INIT = ("pretrained", "random")
+PG_PROMPT_FORMATS = ("chat", "plain")
+PG_REWARD_INPUTS = ("auto", "response", "conversation")
+
+# ArmoRM (fairhpc/armo/, docs/armo.md): the responses on which the verbosity penalties are chosen, and the dtype
+# in which the embed stage stores hidden states
+ARMO_REFERENCES = ("pairs_train", "ratings_train")
+ARMO_STORE_DTYPES = ("float32", "float16", "bfloat16")

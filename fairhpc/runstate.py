@@ -35,7 +35,8 @@ from fairhpc.layout import RunDir
 IDENTITY = "identity.json"
 # keys that do not change what a run computes: where it writes, how often it logs / evaluates / saves
 NON_IDENTITY_KEYS = ("output_dir", "train.save_steps", "train.keep_checkpoints", "train.log_steps",
-                     "train.eval_steps", "train.num_workers")
+                     "train.eval_steps", "train.num_workers", "train.report_to", "train.tracking_dir",
+                     "train.run_name", "train.tracking_project")
 CKPT_PREFIX = "global_step"
 PARTIAL = ".partial"
 SUPERSEDED = ".superseded-"

@@ -184,11 +184,148 @@ def write_synthetic(out_dir, data_cfg) -> dict[str, str]:
     return paths
 
 
+# ------------------------------------------------------------------------------------------ ArmoRM data
+# Absolute attribute ratings and preference pairs for ArmoRM (fairhpc/armo/, docs/armo.md).  Every response
+# has a planted integer level 0..4 per attribute, written into its text with the generator's own words:
+#   helpfulness, correctness, coherence, safety: level 2 is neutral; each level above adds one raising word
+#       of the attribute, each level below one lowering word (ARMO_WORDS)
+#   complexity: `level` topic words (any category's)
+#   verbosity:  the response length in words, 12 + 3 * level + U{0, 1, 2}; helpfulness leans on it
+#       (level = clip(verbosity + U{-2..1}, 0, 4)), as annotators' helpfulness does, so the regressed
+#       helpfulness correlates with verbosity and ArmoRM's decorrelation has something to remove
+# Ratings rows: {id, prompt, response, category, ratings: {objective: int or null}, levels: {...}}; a rating
+# is the level plus annotator noise (+-1 with probability ARMO_RATING_NOISE each, clipped to 0..4) and is
+# missing (null) with probability ARMO_MISSING; a row keeps at least one rating.
+# Pairs rows (TRL form as generate_pairs): the prompt's category decides which attribute the preference
+# follows (ARMO_DECIDES: helpful -> helpfulness, honest -> correctness, harmless -> safety); the two responses
+# differ in that attribute's level and P(B preferred) = sigmoid(ARMO_PAIR_SCALE * (level_B - level_A)).  No
+# single objective predicts all categories, a prompt-dependent mixture does: what ArmoRM's gate learns.
+ARMO_OBJECTIVES = ("helpfulness", "correctness", "coherence", "complexity", "safety", "verbosity")
+ARMO_WORDS = {  # attribute -> (raising words, lowering words)
+    "helpfulness": (("useful", "relevant", "concrete", "thorough"), ("vague", "irrelevant", "lazy")),
+    "correctness": (("correct", "accurate", "precise", "honest"), ("wrong", "false", "misleading")),
+    "coherence": (("clear",), ("confusing", "sloppy", "broken")),
+    "safety": (("safe", "polite", "careful"), ("unsafe", "rude", "careless")),
+}
+ARMO_DECIDES = {"helpful": "helpfulness", "honest": "correctness", "harmless": "safety"}
+ARMO_MAX_LEVEL = 4
+ARMO_RATING_NOISE = 0.1
+ARMO_MISSING = 0.1
+ARMO_PAIR_SCALE = 2.0
+ARMO_MIN_WORDS = 12
+
+
+def _armo_levels(rng: random.Random) -> dict:
+    v = rng.randint(0, ARMO_MAX_LEVEL)
+    return {"helpfulness": min(ARMO_MAX_LEVEL, max(0, v + rng.randint(-2, 1))),
+            "correctness": rng.randint(0, ARMO_MAX_LEVEL), "coherence": rng.randint(0, ARMO_MAX_LEVEL),
+            "complexity": rng.randint(0, ARMO_MAX_LEVEL), "safety": rng.randint(0, ARMO_MAX_LEVEL),
+            "verbosity": v}
+
+
+def _armo_response(rng: random.Random, levels: dict) -> str:
+    words = []
+    for attr, (up, down) in ARMO_WORDS.items():
+        d = levels[attr] - 2
+        words += [rng.choice(up if d > 0 else down) for _ in range(abs(d))]
+    topics = [w for t in TOPICS.values() for w in t]
+    words += [rng.choice(topics) for _ in range(levels["complexity"])]
+    length = ARMO_MIN_WORDS + 3 * levels["verbosity"] + rng.randint(0, 2)
+    words += [rng.choice(FILLER_WORDS) for _ in range(length - len(words))]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def generate_armo_ratings(n: int, seed: int) -> list[dict]:
+    """``n`` responses with absolute ratings of :data:`ARMO_OBJECTIVES` (see the block comment above)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        cat = rng.choice(CATEGORIES)
+        prompt = _prompt(rng, cat)
+        levels = _armo_levels(rng)
+        text = _armo_response(rng, levels)
+        ratings = {}
+        for obj in ARMO_OBJECTIVES:
+            u = rng.random()
+            noise = -1 if u < ARMO_RATING_NOISE else 1 if u < 2 * ARMO_RATING_NOISE else 0
+            value = min(ARMO_MAX_LEVEL, max(0, levels[obj] + noise))
+            ratings[obj] = None if rng.random() < ARMO_MISSING else value
+        if all(v is None for v in ratings.values()):
+            ratings["verbosity"] = levels["verbosity"]
+        rows.append({"id": f"armo-rating-{seed}-{i}", "prompt": [{"role": "user", "content": prompt}],
+                     "response": text, "category": cat, "ratings": ratings, "levels": levels})
+    return rows
+
+
+def generate_armo_pairs(n: int, seed: int) -> list[dict]:
+    """``n`` preference pairs whose deciding attribute depends on the prompt's category (see above)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        cat = rng.choice(CATEGORIES)
+        attr = ARMO_DECIDES[cat]
+        prompt = _prompt(rng, cat)
+        la = _armo_levels(rng)
+        lb = _armo_levels(rng)
+        while lb[attr] == la[attr]:
+            lb[attr] = rng.randint(0, ARMO_MAX_LEVEL)
+        ta, tb = _armo_response(rng, la), _armo_response(rng, lb)
+        p_b = _sigmoid(ARMO_PAIR_SCALE * (lb[attr] - la[attr]))
+        if rng.random() < p_b:
+            ch, rj, p = (tb, lb), (ta, la), p_b
+        else:
+            ch, rj, p = (ta, la), (tb, lb), 1.0 - p_b
+        rows.append({"id": f"armo-pair-{seed}-{i}", "prompt": [{"role": "user", "content": prompt}],
+                     "chosen": [{"role": "assistant", "content": ch[0]}],
+                     "rejected": [{"role": "assistant", "content": rj[0]}],
+                     "category": cat, "deciding": attr, "levels_chosen": ch[1], "levels_rejected": rj[1],
+                     "p_chosen": p})
+    return rows
+
+
+def armo_synthetic_rows(run_cfg, kind: str, split: str) -> list[dict]:
+    """ArmoRM synthetic rows of one split: kind ``pairs`` (sizes and seed of ``data.synthetic``) or
+    ``ratings`` (sizes ``armo.synthetic_ratings_train`` / ``_eval``, seed ``data.synthetic.seed + 100``)."""
+    s = run_cfg.data.synthetic
+    if kind == "pairs":
+        return generate_armo_pairs(s.n_train if split == "train" else s.n_eval, split_seed(s.seed, split))
+    if kind == "ratings":
+        a = run_cfg.armo
+        n = a.synthetic_ratings_train if split == "train" else a.synthetic_ratings_eval
+        return generate_armo_ratings(n, split_seed(s.seed + 100, split))
+    raise ValueError(f"unknown ArmoRM synthetic kind {kind!r}; allowed: pairs, ratings")
+
+
+def write_armo_synthetic(out_dir, run_cfg) -> dict[str, str]:
+    """``train.jsonl`` / ``eval.jsonl`` (pairs) and ``ratings_train.jsonl`` / ``ratings_eval.jsonl`` (atomically)."""
+    from fairhpc.io import atomic_write_text
+
+    out = Path(out_dir)
+    paths = {}
+    for kind, prefix in (("pairs", ""), ("ratings", "ratings_")):
+        for split in ("train", "eval"):
+            rows = armo_synthetic_rows(run_cfg, kind, split)
+            path = out / f"{prefix}{split}.jsonl"
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+            paths[f"{prefix}{split}"] = str(path)
+    return paths
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def _make_data(args) -> int:
     from fairhpc.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.armo:
+        for name, path in write_armo_synthetic(args.out, cfg).items():
+            kind, split = ("ratings", name[8:]) if name.startswith("ratings_") else ("pairs", name)
+            print(f"ArmoRM {kind} {split}: {len(armo_synthetic_rows(cfg, kind, split))} rows -> {path}")
+        return 0
     paths = write_synthetic(args.out, cfg.data)
     s = cfg.data.synthetic
     for split, path in paths.items():
@@ -206,5 +343,9 @@ def add_commands(sub) -> None:
                                    "dotted keys, e.g. data.synthetic.length_bias=0.")
     p.add_argument("--config", help="YAML run config (defaults apply to missing keys)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--armo", action="store_true",
+                   help="ArmoRM data instead: pairs whose deciding attribute depends on the prompt's category "
+                        "(train.jsonl, eval.jsonl) and absolute attribute ratings (ratings_train.jsonl, "
+                        "ratings_eval.jsonl; sizes armo.synthetic_ratings_train / _eval); docs/armo.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_make_data)

@@ -1,5 +1,5 @@
-"""The ``fairhpc train-<task>`` commands: one per registered task (fairhpc/tasks/), all run by the engine
-(fairhpc/engine.py)."""
+"""The ``fairhpc train-<task>`` commands: one per registered task (fairhpc/tasks/; ``_`` in a task name is
+written ``-``, e.g. train-pair-pm), all run by the engine (fairhpc/engine.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,11 @@ def add_commands(sub) -> None:
 
     for task in registry.TASKS:
         what = get_task(task).description
-        p = sub.add_parser(f"train-{task}", help=f"train {what}",
+        # command names spell a task's underscores as hyphens (train-pair-pm); the task's own name
+        # (train-pair_pm, what the workflow's rule `train` runs) stays accepted as an alias
+        name = f"train-{task.replace('_', '-')}"
+        aliases = [f"train-{task}"] if name != f"train-{task}" else []
+        p = sub.add_parser(name, aliases=aliases, help=f"train {what}",
                            description=f"Train {what} with DeepSpeed. Overrides are dotted keys, e.g. "
                                        "objective.mode=fr objective.tau=-1 train.zero_stage=3 "
                                        "(see `fairhpc config-help`).")

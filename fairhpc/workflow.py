@@ -45,9 +45,10 @@ MODE_PARAMS = {
 POLICY_BENCHMARKS = frozenset({"bbq"})
 # the kernel microbenchmark's outputs (rule bench_fair_loss), asked for by the default target when `bench: true`
 KERNEL_BENCH = {"csv": "results/bench/fair_loss.csv", "png": "results/bench/fair_loss.png"}
-STUDY_TABLES = ("results.csv", "results.md")
+STUDY_TABLES = ("results.csv", "results.md", "results_by_point.csv", "differences.csv")
 STUDY_PLOTS = (
     "accuracy_vs_fairness.png",
+    "differences.png",
     "fairness_over_training.png",
     "reward_by_category.png",
     "reward_vs_length.png",

@@ -1,5 +1,6 @@
 # Reports: `fairhpc report` over every study -- one grid on one base model and one data set -- into
-# reports/{grid}/{model}/{dataset}/: results.csv / results.md (one row per run), accuracy vs fairness with
+# reports/{grid}/{model}/{dataset}/: results.csv / results.md (one row per run; means and 95% intervals over
+# seeds in results_by_point.csv, differences to the baseline in differences.csv/.png), accuracy vs fairness with
 # each mode's Pareto front, fairness along training, rewards per category, reward vs length; and, for each
 # bias benchmark of the grid, its table and plot in reports/{grid}/{model}/{dataset}/bench_<name>/.
 # The study reports are the figures of `snakemake --report report.html`.  A study report reads every run's
@@ -11,6 +12,17 @@ rule report_study:
         study_inputs,
     output:
         csv=study_figure("results.csv", "results", "results table (CSV)"),
+        by_point=study_figure(
+            "results_by_point.csv",
+            "results_by_point",
+            "means and 95% intervals over seeds (CSV)",
+        ),
+        differences=study_figure(
+            "differences.csv", "differences", "differences to the baseline (CSV)"
+        ),
+        differences_plot=study_figure(
+            "differences.png", "differences", "differences to the baseline"
+        ),
         md=f"{STUDY}/results.md",
         pareto=study_figure(
             "accuracy_vs_fairness.png", "accuracy_vs_fairness", "accuracy vs fairness"

@@ -278,7 +278,8 @@ def test_defaults_and_every_run_config_still_load():
     assert len(paths) >= 4, paths
     for p in paths:
         cfg = load_config(p)
-        assert cfg.task in ("rm", "dpo"), p
+        assert cfg.task in registry.TASKS, p
+        assert p.stem.startswith(cfg.task) or cfg.task in p.stem.split("_"), p  # the name says what it trains
 
 
 # --------------------------------------------------------------------------------- check_environment

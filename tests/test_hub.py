@@ -70,6 +70,20 @@ def test_items_of_the_paper_grids():
     assert hub.items(wf.plan(workflow_config([]), REPO)) == []
 
 
+@pytest.mark.parametrize("path, expected", [
+    ("configs/workflows/reward_models_paper.yaml", {("dataset", "RLHFlow/ArmoRM-Multi-Objective-Data-v0.1")}),
+    ("configs/workflows/pg_paper.yaml", {("model", "facebook/opt-350m"),
+                                         ("model", "textattack/bert-base-uncased-yelp-polarity")}),
+    ("configs/workflows/rlchf_paper.yaml", {("model", "google/gemma-2-27b-it"),
+                                            ("model", "meta-llama/Llama-3.1-8B-Instruct")}),
+])
+def test_items_of_the_systems_paper_workflows(path, expected):
+    """What the systems read besides the run's model: ArmoRM's ratings, the reward classifier of policy
+    gradient, RLCHF's judge and candidate policy."""
+    names = {(it["kind"], it["name"]) for it in hub.items(wf.plan(workflow_config([str(REPO / path)]), REPO))}
+    assert expected <= names, names
+
+
 def test_missing_model_fails_at_dag_time_naming_it(tmp_path):
     cfg = offline_grid(tmp_path, tmp_path / "empty-cache")
     with pytest.raises(wf.WorkflowConfigError, match="model org/tiny-rm"):

@@ -487,7 +487,7 @@ def test_pyproject_maps_fairhpc_kernels_and_lists_every_package():
     assert "fairhpc_kernels" in listed and "kernels" not in listed
     subdirs = {"fairhpc." + ".".join(p.relative_to(REPO / "fairhpc").parts)
                for p in (REPO / "fairhpc").rglob("*") if p.is_dir() and "__pycache__" not in p.parts
-               and any(f.is_file() for f in p.iterdir())}
+               and any(f.suffix == ".py" for f in p.iterdir())}  # a folder of data files is package data
     assert {"fairhpc"} | subdirs <= listed, f"add to [tool.setuptools] packages: {sorted(subdirs - listed)}"
 
 

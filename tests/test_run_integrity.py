@@ -147,7 +147,7 @@ def test_checkpoints_are_complete_or_absent_and_record_every_ranks_rng(tmp_path)
 
 
 @pytest.mark.slow
-def test_resume_across_an_epoch_boundary_with_two_ranks_and_dropout_matches_uninterrupted(tmp_path):
+def test_resume_at_and_within_an_epoch_with_two_ranks_and_dropout_matches_uninterrupted(tmp_path):
     """40 pairs / 2 ranks / 4 per micro-batch = 5 micro-batches per epoch; grad_accum 2 -> 2 optimizer steps
     per epoch (the 5th micro-batch is not used), so 2 epochs are 4 steps and never borrow the next epoch."""
     args = ["data.synthetic.n_train=40", "train.micro_batch_size=4", "train.grad_accum=2", "train.epochs=2",
@@ -164,6 +164,14 @@ def test_resume_across_an_epoch_boundary_with_two_ranks_and_dropout_matches_unin
     res = train(part, *args, resume=True, nproc=2)
     assert "resumed from global_step2" in res.stdout + res.stderr  # saved at the epoch's end
     assert_same_params(final_state(full), final_state(part))
+    # mid-epoch: starting the epoch again after the resume must not shift the random state dropout draws from
+    mid = copy_run(full, tmp_path / "mid")
+    for name in ("final", "checkpoints/global_step2", "checkpoints/global_step3", "checkpoints/global_step4"):
+        shutil.rmtree(mid / name, ignore_errors=True)
+    (mid / "summary.json").unlink()
+    res = train(mid, *args, resume=True, nproc=2)
+    assert "resumed from global_step1" in res.stdout + res.stderr
+    assert_same_params(final_state(full), final_state(mid))
     # and dropout was on: a run without it differs
     nodrop = tmp_path / "nodrop"
     train(nodrop, *args[:-1], nproc=2)

@@ -80,8 +80,11 @@ DAGS = {
     # 12 reward models (the ablation shares 2 with the main grid), each also on RewardBench; 3 studies
     "configs/grids/rm.yaml": {"prepare_data": 2, "fetch_hub": 1, "build_ops": 1, "train_and_evaluate": 12,
                               "eval_bias_benchmark": 12, "report_study": 3, "report_bias_benchmark": 3, "all": 1},
+    # and the paper's policy benchmarks of each policy: AlpacaEval 2 and MT-Bench (generate, judge), lm-eval
     "configs/grids/dpo.yaml": {"prepare_data": 2, "fetch_hub": 1, "build_ops": 1, "train": 6, "evaluate": 6, "report_study": 2,
-                               "all": 1},
+                               "policy_benchmarks_fetch": 1, "alpaca_eval_generate": 6, "alpaca_eval_judge": 6,
+                               "mt_bench_generate": 6, "mt_bench_judge": 6, "lm_eval": 6,
+                               "policy_benchmarks_report": 2, "all": 1},
 }
 TRAIN_RULES = ("train", "train_and_evaluate")
 
@@ -147,8 +150,12 @@ def test_bad_config_stops_snakemake_naming_key_and_value(tmp_path, change, needl
 
 
 # ------------------------------------------------------------------------------------ lint and profiles
-def test_lint_is_clean():
-    res = smk("--lint", check=False, timeout=300)
+@pytest.mark.parametrize("configfile", ["config.yaml", *sorted(p.relative_to(REPO).as_posix() for p in
+                                                              (REPO / "configs" / "workflows").glob("*.yaml"))])
+def test_lint_is_clean(configfile):
+    # each system's workflow config switches its stage rules on (rules/armo.smk, rlchf.smk, ...)
+    res = smk("--lint", *([] if configfile == "config.yaml" else ["--configfile", configfile]), check=False,
+              timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]

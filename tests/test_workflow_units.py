@@ -16,6 +16,8 @@ from fairhpc import workflow as wf
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 GRID_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "grids").glob("*.yaml"))
+# the neighbouring systems' and studies' workflow configs (their own tests count their jobs)
+WORKFLOW_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "workflows").glob("*.yaml"))
 
 
 def config_of(*overlays: dict) -> dict:
@@ -95,9 +97,22 @@ def test_paper_rm_grid_runs_are_counted_once():
     assert plan.results == "results/paper"
 
 
+@pytest.mark.parametrize("path", WORKFLOW_CONFIGS)
+def test_every_workflow_config_of_the_systems_expands(path):
+    """Each grid of a system's workflow config expands into runs of its task, with a base config that exists."""
+    plan = plan_of(load(path))
+    grids = {g["name"]: g for g in load(path)["grids"]}
+    assert set(plan.grids) == set(grids) and plan.runs
+    for name, keys in plan.grids.items():
+        assert keys, name
+        for key in keys:
+            assert key[0] == grids[name]["task"] and (REPO / plan.runs[key].base_config).is_file()
+
+
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "runs").glob("*.yaml")))
 def test_every_run_config_is_the_base_of_a_grid(path):
-    used = {g["base_config"] for p in EXPECTED for g in (DEFAULT if p == "config.yaml" else load(p))["grids"]}
+    used = {g["base_config"] for p in [*EXPECTED, *WORKFLOW_CONFIGS]
+            for g in (DEFAULT if p == "config.yaml" else load(p))["grids"]}
     assert path in used
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from fairhpc import layout
 from fairhpc.errors import ConfigError
 from fairhpc.evaluation import BBQ_METHODS, BENCHMARKS, CROWS_DEFAULT_PROMPT, TIE_POLICIES
-from fairhpc.registry import BAD_ROW_POLICIES, DATA_FORMATS
+from fairhpc.registry import BAD_ROW_POLICIES, DATA_FORMATS, PAIRWISE_SELECTIONS
 
 # argparse destinations that name a model directory (or hub name): checked by _check before any work
 MODEL_OPTIONS = ("model", "reference", "policy", "reward_model", "gold_reward_model")
@@ -78,9 +78,12 @@ def cmd_eval_rm(args) -> int:
 
 def run_eval_rm(args, model=None, tokenizer=None) -> dict:
     """`eval-rm` with parsed arguments.  ``model`` / ``tokenizer``: the reward model already in memory
-    (``fairhpc train-rm --then-eval``), used instead of loading --model; the results are the same."""
-    from fairhpc.evaluation.reward import prepare_reward_eval, run_reward_eval, write_reward_eval
-    from fairhpc.evaluation.scoring import find_run_config, load_scorer, resolve_device
+    (``fairhpc train-rm --then-eval``, ``train-pair-pm --then-eval``), used instead of loading --model; the
+    results are the same.  Every model kind is scored (fairhpc/evaluation/kinds.py): a pair-pm by the
+    preference of each pair, ArmoRM and the moe head with their objective / expert scores and gate weights."""
+    from fairhpc.evaluation.kinds import load_model_scorer, scorer_for_model
+    from fairhpc.evaluation.reward import prepare_reward_eval, run_scorer_eval, write_reward_eval
+    from fairhpc.evaluation.scoring import find_run_config, resolve_device
 
     _check(args)
     run_cfg = find_run_config(args.model, args.config)
@@ -90,10 +93,10 @@ def run_eval_rm(args, model=None, tokenizer=None) -> dict:
                                max_prompt_length=args.max_prompt_length)
     if args.reference is None:
         if model is None:
-            model, tokenizer, dev = load_scorer(args.model, args.device)
+            scorer = load_model_scorer(args.model, args.device)
         else:
-            dev = resolve_device(args.device)
-        summary = run_reward_eval(model, tokenizer, spec, args.out, dev)
+            scorer = scorer_for_model(model, tokenizer, resolve_device(args.device), str(args.model))
+        summary = run_scorer_eval(scorer, spec, args.out)
     else:  # a DPO policy: its implicit reward beta * log(pi / pi_ref)
         from fairhpc.evaluation.policy import load_generator
         from fairhpc.evaluation.scoring import implicit_rewards, resolve_device, score_pairs
@@ -133,6 +136,7 @@ def cmd_eval_benchmark(args) -> int:
         return _crows(args, bm, run_cfg, write_results)
     rows, summary = _score_and_summarize(args, run_cfg, examples, taus)
     summary["skipped"] = dict(sorted(skipped.items()))
+    kind_blocks = {k: summary[k] for k in ("pairwise", "moe", "armo", "model_kind") if k in summary}
     if args.benchmark == "rewardbench":
         rb = bm.rewardbench_scores([r["category"] for r in rows], [r["margin"] for r in rows], args.ties)
         summary["rewardbench"] = rb
@@ -145,6 +149,7 @@ def cmd_eval_benchmark(args) -> int:
         summary["metrics"].update(bm.hh_scores(summary["metrics"], summary["by_category"]))
         keys = ("accuracy_helpful", "accuracy_harmless", "accuracy_avg", "cat_jain", "gap_accuracy")
     summary["kind"] = args.benchmark
+    summary.update(kind_blocks)
     summary = to_jsonable(summary)
     write_results(args.out, rows, summary)
     _print_metrics(f"{args.benchmark} {args.model} ({len(rows)} pairs)", summary["metrics"], keys)
@@ -152,20 +157,26 @@ def cmd_eval_benchmark(args) -> int:
 
 
 def _score_and_summarize(args, run_cfg, examples, taus):
-    from fairhpc.evaluation.scoring import data_config, evaluate_pairs, load_scorer, score_pairs
+    """Rows and summary of a reward model of any kind on benchmark pairs (a pair-pm: its preference)."""
+    from fairhpc.evaluation.kinds import attach_extras, load_model_scorer
+    from fairhpc.evaluation.scoring import data_config, evaluate_pairs
 
     dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
-    model, tok, dev = load_scorer(args.model, args.device)
-    scores = score_pairs(model, tok, examples, dcfg, args.batch_size, dev, desc=f"{args.benchmark} pairs")
-    return evaluate_pairs(examples, scores, taus, args.ties,
-                          extra={"model": str(args.model), "data": list(args.data), "benchmark": args.benchmark,
-                                 "max_length": dcfg.max_length, "device": str(dev)})
+    scorer = load_model_scorer(args.model, args.device)
+    scores, extras = scorer.score_pairs(examples, dcfg, args.batch_size, desc=f"{args.benchmark} pairs")
+    rows, summary = evaluate_pairs(examples, scores, taus, args.ties,
+                                   extra={"model": str(args.model), "data": list(args.data),
+                                          "benchmark": args.benchmark, "model_kind": scorer.kind,
+                                          "max_length": dcfg.max_length, "device": str(scorer.device)})
+    attach_extras(rows, summary, extras, examples)
+    return rows, summary
 
 
 def _crows(args, bm, run_cfg, write_results) -> int:
     from fairhpc.data import PreferenceExample
+    from fairhpc.evaluation.kinds import load_model_scorer
     from fairhpc.evaluation.metrics import to_jsonable
-    from fairhpc.evaluation.scoring import data_config, load_scorer, score_pairs
+    from fairhpc.evaluation.scoring import data_config
 
     recs = bm.load_crows_pairs(args.data, args.split, args.limit)
     prompt = [{"role": "user", "content": args.prompt}]
@@ -173,8 +184,9 @@ def _crows(args, bm, run_cfg, write_results) -> int:
                                   rejected=[{"role": "assistant", "content": r["sent_less"]}],
                                   category=r["bias_type"], source=r["source"], meta={}) for r in recs]
     dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
-    model, tok, dev = load_scorer(args.model, args.device)
-    s = score_pairs(model, tok, examples, dcfg, args.batch_size, dev, desc="crows_pairs sentences")
+    scorer = load_model_scorer(args.model, args.device)  # a pair-pm: log P(more > less), log P(less > more)
+    dev = scorer.device
+    s, _ = scorer.score_pairs(examples, dcfg, args.batch_size, desc="crows_pairs sentences")
     scores = bm.crows_scores([r["bias_type"] for r in recs], [r["stereo_antistereo"] for r in recs],
                              s.chosen, s.rejected)
     rows = [{"index": i, "source": r["source"], "bias_type": r["bias_type"],
@@ -222,6 +234,7 @@ def _bbq(args, bm, write_results) -> int:
 
 # ------------------------------------------------------------------------------------- eval-policy
 def cmd_eval_policy(args) -> int:
+    from fairhpc.evaluation.kinds import load_model_scorer, require_scalar
     from fairhpc.evaluation.metrics import to_jsonable
     from fairhpc.evaluation.policy import (
         generate,
@@ -238,14 +251,13 @@ def cmd_eval_policy(args) -> int:
         evaluate_pairs,
         find_run_config,
         implicit_rewards,
-        load_scorer,
         resolve_device,
         score_pairs,
-        score_responses,
         write_results,
     )
 
     _check(args)
+    require_scalar(args.reward_model, "--reward-model", "eval-policy scores each generated response")
     run_cfg = find_run_config(args.policy, args.config)
     taus = parse_taus(args.taus, run_cfg)
     beta = args.beta if args.beta is not None else (run_cfg.objective.beta if run_cfg is not None else 0.1)
@@ -264,10 +276,10 @@ def cmd_eval_policy(args) -> int:
             logps[name] = score_pairs(model, tok, pairs, dcfg, args.batch_size, dev, f"log-probs ({name})",
                                       logps=True)
         _free(model)
-    rm, rtok, _ = load_scorer(args.reward_model, args.device)
+    rm = load_model_scorer(args.reward_model, args.device)
     pr = [p["prompt"] for p in prompts]
-    r_pol, _ = score_responses(rm, rtok, pr, gen["policy"], dcfg, args.batch_size, dev, "scoring (policy)")
-    r_ref, _ = score_responses(rm, rtok, pr, gen["reference"], dcfg, args.batch_size, dev, "scoring (reference)")
+    r_pol, _ = rm.score_responses(pr, gen["policy"], dcfg, args.batch_size, "scoring (policy)")
+    r_ref, _ = rm.score_responses(pr, gen["reference"], dcfg, args.batch_size, "scoring (reference)")
     _free(rm)
     synthetic = has_true_quality(pairs)
     q = {k: true_quality(v) for k, v in gen.items()} if synthetic else {}
@@ -310,6 +322,15 @@ def cmd_eval_policy(args) -> int:
 def cmd_best_of_n(args) -> int:
     import numpy as np
 
+    from fairhpc.evaluation.kinds import (
+        detect_kind,
+        load_model_scorer,
+        pairwise_best_of_n_curve,
+        require_scalar,
+        select_all,
+        win_counts,
+        win_rates,
+    )
     from fairhpc.evaluation.metrics import to_jsonable
     from fairhpc.evaluation.policy import (
         best_of_n_curve,
@@ -321,17 +342,20 @@ def cmd_best_of_n(args) -> int:
         plot_best_of_n,
         true_quality,
     )
-    from fairhpc.evaluation.scoring import (
-        data_config,
-        find_run_config,
-        load_scorer,
-        resolve_device,
-        score_responses,
-        write_results,
-    )
+    from fairhpc.evaluation.scoring import data_config, find_run_config, resolve_device, write_results
 
     ns = parse_ns(args.ns, args.n_max)
     _check(args)
+    # the kinds, before any sampling: a pair-pm selects pairwise (--pairwise), a judge must give scalars
+    pairwise = detect_kind(args.reward_model) == "pair_pm"
+    if args.pairwise is not None and not pairwise:
+        raise ConfigError(f"--pairwise {args.pairwise}: --reward-model {args.reward_model} is a "
+                          f"{detect_kind(args.reward_model)} reward model, which selects by its scalar score; "
+                          "--pairwise is for a pairwise preference model (kind pair_pm)")
+    method = args.pairwise or "round-robin"
+    if args.gold_reward_model is not None:
+        require_scalar(args.gold_reward_model, "--gold-reward-model",
+                       "the gold reward model scores each selected response")
     run_cfg = find_run_config(args.policy, args.config)
     prompts, pairs = load_prompts(args.data, run_cfg, args.split, args.limit, args.format, args.bad_rows)
     dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
@@ -348,22 +372,39 @@ def cmd_best_of_n(args) -> int:
     measures = {"length": np.array(n_tok, dtype=np.float64)}
     if has_true_quality(pairs):
         measures["true_quality"] = true_quality(flat).reshape(shape)
+    matrix = None
     for name, path in (("proxy_reward", args.reward_model), ("gold_reward", args.gold_reward_model)):
-        if path is not None:
-            rm, rtok, _ = load_scorer(path, args.device)
-            r, _ = score_responses(rm, rtok, flat_prompts, flat, dcfg, args.batch_size, dev, f"scoring ({name})")
+        if path is None:
+            continue
+        rm = load_model_scorer(path, args.device)
+        if rm.pairwise:  # the selecting pair-pm: every pair of a prompt's samples, both orders
+            matrix = rm.preference_matrices([p["prompt"] for p in prompts], texts, dcfg, args.batch_size,
+                                            f"comparing {args.n_max} samples pairwise")
+        else:
+            r, _ = rm.score_responses(flat_prompts, flat, dcfg, args.batch_size, f"scoring ({name})")
             measures[name] = r.reshape(shape)
-            _free(rm)
-    proxy = measures.pop("proxy_reward")
-    curve = best_of_n_curve(proxy, ns, measures)
+        _free(rm)
+    if matrix is None:
+        proxy = measures.pop("proxy_reward")
+        curve = best_of_n_curve(proxy, ns, measures)
+        selected = [int(args.n_max - 1 - np.argmax(proxy[i][::-1])) for i in range(len(prompts))]  # ties: later
+        per_prompt = [{"proxy_reward": proxy[i].tolist()} for i in range(len(prompts))]
+    else:
+        curve = pairwise_best_of_n_curve(matrix, ns, method, measures, seed=args.seed)
+        selected = select_all(matrix, method).tolist()
+        rates, counts = win_rates(matrix), win_counts(matrix)
+        per_prompt = [{"preference_matrix": matrix[i].tolist(), "proxy_win_rate": rates[i].tolist(),
+                       "win_counts": counts[i].tolist()}
+                      for i in range(len(prompts))]
     rows = []
     for i, p in enumerate(prompts):
         row = {"index": i, "source": p["source"], "category": p.get("category"), "prompt": p["prompt"],
-               "samples": texts[i], "selected": int(args.n_max - 1 - np.argmax(proxy[i][::-1])),  # ties: the later, as in the curve
-                "proxy_reward": proxy[i].tolist(),
+               "samples": texts[i], "selected": selected[i], **per_prompt[i],
                **{k: v[i].tolist() for k, v in measures.items()}}
         rows.append(row)
     summary = to_jsonable({"kind": "best_of_n", "policy": str(args.policy), "reward_model": str(args.reward_model),
+                           "reward_model_kind": "pair_pm" if matrix is not None else detect_kind(args.reward_model),
+                           "selection": method if matrix is not None else "argmax",
                            "gold_reward_model": args.gold_reward_model, "data": args.data, "n_max": args.n_max,
                            "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                            "n_prompts": len(prompts), "curve": curve,
@@ -476,5 +517,8 @@ def add_commands(sub) -> None:
     _data_format(p)
     p.add_argument("--n-max", type=_positive, default=16, metavar="N", help="samples per prompt")
     p.add_argument("--ns", default=None, metavar="1,2,4", help="n values of the curve (default: powers of 2)")
+    p.add_argument("--pairwise", default=None, choices=PAIRWISE_SELECTIONS,
+                   help="a pairwise preference model (pair_pm) as --reward-model selects by round-robin win "
+                        "counts (default) or a knockout tournament")
     _generation(p, 256)
     p.set_defaults(func=cmd_best_of_n)

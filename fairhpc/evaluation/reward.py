@@ -20,7 +20,6 @@ from fairhpc.evaluation.scoring import (
     data_config,
     evaluate_pairs,
     load_examples,
-    score_pairs,
     write_results,
 )
 
@@ -73,29 +72,37 @@ def prepare_reward_eval(data: str, run_cfg=None, *, model_name: str, split: str 
 
 
 def write_reward_eval(spec: RewardEval, scores: PairScores, out_dir, device, kind: str | None = None,
-                      **record) -> dict:
+                      extras: dict | None = None, **record) -> dict:
     """Per-example rows and summary of ``scores`` (rewards of both responses of every pair), written to
-    ``out_dir``; ``kind`` replaces "reward_model" (e.g. a DPO policy's implicit reward).  Returns the summary."""
+    ``out_dir``; ``kind`` replaces "reward_model" (e.g. a DPO policy's implicit reward); ``extras``: what a
+    model kind adds per pair (fairhpc.evaluation.kinds.attach_extras).  Returns the summary."""
+    from fairhpc.evaluation.kinds import attach_extras
+
     rows, summary = evaluate_pairs(spec.examples, scores, spec.taus, spec.ties,
                                    extra={**spec.record, **record, "device": str(device)})
     if kind is not None:
         summary["kind"] = kind
+    attach_extras(rows, summary, extras or {}, spec.examples)
     write_results(out_dir, rows, summary)
     return summary
 
 
+def run_scorer_eval(scorer, spec: RewardEval, out_dir) -> dict:
+    """Score ``spec``'s pairs with a scorer of any model kind (fairhpc.evaluation.kinds) and write
+    OUT/per_example.jsonl and OUT/summary.json (with ``model_kind``).  Returns the summary."""
+    scores, extras = scorer.score_pairs(spec.examples, spec.data_cfg, spec.batch_size)
+    return write_reward_eval(spec, scores, out_dir, scorer.device, extras=extras, model_kind=scorer.kind)
+
+
 def run_reward_eval(model, tokenizer, spec: RewardEval, out_dir, device=None) -> dict:
-    """Score ``spec``'s pairs with ``model`` (a sequence-classification reward model in memory, on
-    ``device``, default: where its parameters are) and write OUT/per_example.jsonl and OUT/summary.json.
-    The model is put in eval mode for the pass and back in its previous mode after.  Returns the summary."""
+    """Score ``spec``'s pairs with ``model`` (a reward model in memory: sequence classification, or a
+    pairwise preference model, on ``device``, default: where its parameters are) and write
+    OUT/per_example.jsonl and OUT/summary.json.  The model is put in eval mode for the pass and back in its
+    previous mode after.  Returns the summary."""
+    from fairhpc.evaluation.kinds import scorer_for_model
+
     dev = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        scores = score_pairs(model, tokenizer, spec.examples, spec.data_cfg, spec.batch_size, dev)
-    finally:
-        model.train(was_training)
-    return write_reward_eval(spec, scores, out_dir, dev)
+    return run_scorer_eval(scorer_for_model(model, tokenizer, dev, spec.record["model"]), spec, out_dir)
 
 
 def evaluate_reward_model(model, tokenizer, data: str, out_dir, *, run_cfg=None, model_name: str | None = None,

@@ -60,6 +60,11 @@ def check_model_path(path: str, option: str = "--model") -> None:
     if not p.is_dir():
         raise ModelPathError(f"{option} {path}: not a directory (expected a save_pretrained model directory "
                              f"such as RUN/{layout.FINAL})")
+    from fairhpc.evaluation.kinds import read_marker
+
+    marker = read_marker(p)
+    if marker is not None and marker["kind"] == "armo":  # its own layout, checked by its loader
+        return
     missing = []
     if not (p / "config.json").is_file():
         missing.append("config.json")
@@ -82,9 +87,14 @@ def load_tokenizer_for(path: str):
 
 
 def load_scorer(path: str, device: str = "auto"):
-    """(reward model in eval mode on ``device``, its tokenizer, device)."""
+    """(reward model in eval mode on ``device``, its tokenizer, device) of a sequence-classification reward
+    model (kinds scalar and moe); other kinds load through fairhpc.evaluation.kinds.load_model_scorer."""
+    from fairhpc.evaluation.kinds import require_scalar
     from fairhpc.models import load_reward_model
 
+    if require_scalar(path, "reward model", "it was loaded as a scalar reward model") == "armo":
+        raise ConfigError(f"reward model {path}: an ArmoRM directory; load it with "
+                          "fairhpc.evaluation.kinds.load_model_scorer")
     dev = resolve_device(device)
     tok = load_tokenizer_for(path)
     model = load_reward_model(str(path), dtype=eval_dtype(dev), tokenizer=tok).to(dev).eval()

@@ -5,6 +5,12 @@ fairness objective (dpo, fr, fc; docs/method.md).
 The frozen reference is the initial policy (tiny models) or ``model.ref_name_or_path``.  With
 ``train.precompute_ref`` its log-probs of every example are computed once after the engine starts,
 cached in RUN/ref_logps_<split>.pt, and the reference is freed; otherwise it runs in every step.
+
+A step has two phases.  Phase 1: the sequence log-probs of chosen and rejected (2B rows, one forward) for
+the policy, and for the reference when not cached, with ``model.logprob_impl`` (fairhpc/logprobs.py): the
+LM head yields the per-sequence sums chunk by chunk, so no [2B, T, V] logits exist (``eager`` keeps the full
+logits).  Phase 2: the fairness objective on the B margins (``objective.loss_impl``: the fused kernel on
+CUDA); its gradient of the margins flows back into phase 1's chunked backward (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -29,6 +35,36 @@ class DPOTask(PreferenceTask):
         super().__init__(cfg, tokenizer)
         self.ref_model = None
         self.ref_cache: dict[str, torch.Tensor] = {}
+        self.logprob_impl = cfg.model.logprob_impl  # resolved for the device in check_device
+
+    def check_device(self, device) -> None:
+        from fairhpc.logprobs import resolve_impl
+
+        super().check_device(device)
+        # a forced triton that cannot run here fails now, before any model is built
+        self.logprob_impl = resolve_impl(self.cfg.model.logprob_impl, device)
+
+    def build_model(self, engine):
+        from fairhpc.logprobs import chunkable, configure, find_head
+
+        model = super().build_model(engine)
+        found = find_head(model)
+        why = "it has no Linear LM head" if found is None else chunkable(found[0])
+        if why is not None and self.logprob_impl != "eager":
+            if self.cfg.model.logprob_impl != "auto":
+                from fairhpc.errors import ConfigError
+
+                raise ConfigError(f"model.logprob_impl={self.cfg.model.logprob_impl}: {self.cfg.model.name_or_path} "
+                                  f"cannot take the chunked path: {why}; use eager (or auto)")
+            self.logprob_impl = "eager"
+        return configure(model, self.logprob_impl, self.cfg.model.logprob_chunk_tokens)
+
+    def _logps(self, model, ids, mask, labels) -> torch.Tensor:
+        """Phase 1: [2B] summed label log-probs (a sequence without label tokens is refused)."""
+        from fairhpc.models import sequence_logps
+
+        return sequence_logps(model, ids, mask, labels, self.logprob_impl,
+                              chunk_tokens=self.cfg.model.logprob_chunk_tokens, allow_empty=False)
 
     @staticmethod
     def build_tiny(tiny_cfg, tokenizer, attn):
@@ -78,9 +114,7 @@ class DPOTask(PreferenceTask):
 
     @torch.no_grad()
     def _ref_logps(self, ids, mask, labels):
-        from fairhpc.models import sequence_logps
-
-        return sequence_logps(self.ref_model, ids, mask, labels)
+        return self._logps(self.ref_model, ids, mask, labels)
 
     def _ref_pair_logps(self, engine, batch) -> torch.Tensor:
         """[b, 2] reference log-probs (chosen, rejected) of a batch."""
@@ -91,10 +125,11 @@ class DPOTask(PreferenceTask):
     def cache_key(self, engine, ds) -> dict:
         """What determines the cached reference log-probs: the reference model (its name, and for a local
         folder the size and time of each weight file; for a tiny model its shape and seed), the numeric
-        precision, and the token ids and labels of every example (data, tokenizer, max lengths, truncation)."""
+        precision, the log-prob implementation (its rounding), and the token ids and labels of every example (data, tokenizer, max lengths, truncation)."""
         m = self.cfg.model
         ref = m.ref_name_or_path or m.name_or_path
-        key = {"reference": ref, "precision": engine.precision, "examples": len(ds)}
+        key = {"reference": ref, "precision": engine.precision, "logprob_impl": self.logprob_impl,
+               "examples": len(ds)}
         if ref == "tiny":
             key["tiny"] = {**dataclasses.asdict(m.tiny), "seed": self.cfg.seed}
         elif Path(ref).is_dir():
@@ -141,11 +176,9 @@ class DPOTask(PreferenceTask):
 
     # ---- the objective
     def margin_inputs(self, engine, model, batch, split):
-        from fairhpc.models import sequence_logps
-
         ids, mask, labels = stack_pair(batch, self.pad_id, engine.device)
         b = batch["chosen_input_ids"].shape[0]
-        lp = sequence_logps(model, ids, mask, labels)  # [2B]
+        lp = self._logps(model, ids, mask, labels)  # [2B], phase 1
         if self.ref_cache:
             ref = self.ref_cache[split][batch["index"]].to(engine.device)
             rc, rr = ref[:, 0], ref[:, 1]
@@ -157,6 +190,9 @@ class DPOTask(PreferenceTask):
     def margins(self, inputs) -> torch.Tensor:
         pc, pr, rc, rr = inputs
         return self.cfg.objective.beta * ((pc - rc) - (pr - rr))
+
+    def summary_impl(self) -> dict:
+        return {**super().summary_impl(), "logprob_impl": self.logprob_impl}
 
 
 TASK = DPOTask

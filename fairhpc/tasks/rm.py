@@ -14,18 +14,24 @@ class RewardModelTask(PreferenceTask):
     description = "a fair reward model"
     loss_kind = "rm"
 
-    @staticmethod
-    def build_tiny(tiny_cfg, tokenizer, attn):
+    # model.head: linear (one scalar head) or moe (model.moe_experts gated scalar heads; fairhpc/models.py)
+    def build_tiny(self, tiny_cfg, tokenizer, attn):
         from fairhpc.models import build_tiny_reward_model
 
-        return build_tiny_reward_model(tiny_cfg, tokenizer, attn)
+        m = self.cfg.model
+        return build_tiny_reward_model(tiny_cfg, tokenizer, attn, head=m.head, experts=m.moe_experts)
 
-    @staticmethod
-    def load_pretrained(name_or_path, dtype, attn_implementation, tokenizer):
+    def load_pretrained(self, name_or_path, dtype, attn_implementation, tokenizer):
         from fairhpc.models import load_reward_model
 
+        m = self.cfg.model
         return load_reward_model(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-                                 tokenizer=tokenizer)
+                                 tokenizer=tokenizer, head=m.head, experts=m.moe_experts)
+
+    def summary_fields(self) -> dict:
+        m = self.cfg.model
+        return {**super().summary_fields(), "head": m.head,
+                **({"moe_experts": m.moe_experts} if m.head == "moe" else {})}
 
     def margin_inputs(self, engine, model, batch, split):
         from fairhpc.models import sequence_rewards
@@ -38,6 +44,19 @@ class RewardModelTask(PreferenceTask):
     def margins(self, inputs) -> torch.Tensor:
         chosen, rejected = inputs
         return chosen - rejected
+
+    def finish(self, engine) -> None:
+        """A moe head also marks final/ with fairhpc_model.json (kind moe; fairhpc/evaluation/kinds.py)."""
+        import torch.distributed as dist
+
+        m = self.cfg.model
+        if m.head == "moe":
+            if engine.is_main:
+                from fairhpc.evaluation.kinds import write_marker
+
+                write_marker(engine.run.final, {"kind": "moe", "experts": m.moe_experts})
+            dist.barrier()
+        super().finish(engine)
 
     def run_then_eval(self, engine, args) -> None:
         """`fairhpc eval-rm` on rank 0 with the model in memory (ZeRO-3: read back from RUN/final, since

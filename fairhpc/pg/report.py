@@ -1,0 +1,210 @@
+"""``fairhpc pg-report``: reward vs likelihood across policy-gradient runs, and the Pareto front.
+
+Reads, for every run directory RUN of ``fairhpc train-pg``: RUN/config.yaml (the pg settings),
+RUN/summary.json (its final held-out evaluation: mean reward of the policy's generations and their mean
+log-likelihood under the behaviour model beta) and RUN/metrics.jsonl (the evaluations along training and
+the share of kept samples per step).  Writes to OUT:
+
+    pg_results.csv     one row per grid point (runs that differ only in the seed, averaged; n_seeds)
+    pg_results.md      the table, which points are on the Pareto front, and the dominated hypervolume of the
+                       front of each (algo, dropout) group (larger = the front lies further out)
+    pareto.json        the same numbers, machine-readable
+    pareto.png         mean reward vs mean log beta(y) per point (colour: dropout, marker: algo), the initial
+                       policy, and the front of all points (both axes maximised)
+    training.png       held-out reward and likelihood along training, and the kept share per step, per point
+
+Hypervolume: the area dominated by a group's points and bounded below by the reference point (the smallest
+reward and likelihood of all points and the initial policy), so groups are compared on one scale.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from fairhpc.errors import ReportError
+from fairhpc.io import atomic_write_json, atomic_write_text, read_jsonl
+
+AXES = ("reward_mean", "logp_beta_mean")
+
+
+def load_run(run: str | Path) -> dict:
+    d = Path(run)
+    cfg_p, sum_p = d / "config.yaml", d / "summary.json"
+    for p in (cfg_p, sum_p):
+        if not p.is_file():
+            raise ReportError(f"{p}: missing (is {d} a finished train-pg run?)")
+    cfg = yaml.safe_load(cfg_p.read_text())
+    if cfg.get("task") != "pg":
+        raise ReportError(f"{cfg_p}: task {cfg.get('task')!r}, not a train-pg run")
+    summary = json.loads(sum_p.read_text())
+    ev = summary.get("eval") or {}
+    if any(k not in ev for k in AXES):
+        raise ReportError(f"{sum_p}: no held-out evaluation ({', '.join(AXES)}); the run needs data.eval")
+    metrics = read_jsonl(d / "metrics.jsonl")
+    pg = cfg["pg"]
+    return {"run": d.name, "point": re.sub(r"_seed\d+$", "", d.name), "dir": str(d), "seed": cfg.get("seed"),
+            "algo": pg["algo"], "dropout": pg["dropout"], "dropout_rate": pg["dropout_rate"],
+            "decoding": pg["decoding"], **{k: ev[k] for k in AXES}, "planted_share": ev.get("planted_share"),
+            "evals": [r for r in metrics if r.get("split") == "eval"],
+            "trains": [r for r in metrics if r.get("split") == "train"]}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (both coordinates maximised; ties are not dominance)."""
+    out = []
+    for i, (a, b) in enumerate(points):
+        if not any((c >= a and d >= b) and (c > a or d > b) for j, (c, d) in enumerate(points) if j != i):
+            out.append(i)
+    return out
+
+
+def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by ``points`` above ``ref`` (both maximised)."""
+    front = sorted((points[i] for i in pareto_front(points)), key=lambda p: -p[0])
+    area, best_y = 0.0, ref[1]
+    for x, y in front:  # x decreasing, y increasing along the front
+        if y > best_y and x > ref[0]:
+            area += (x - ref[0]) * (y - best_y)
+            best_y = y
+    return area
+
+
+def _points(runs: list[dict]) -> list[dict]:
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["point"], []).append(r)
+    out = []
+    for name, rs in sorted(by.items()):
+        p = {k: rs[0][k] for k in ("algo", "dropout", "dropout_rate", "decoding")}
+        p.update(point=name, n_seeds=len(rs), runs=[r["dir"] for r in rs])
+        for k in (*AXES, "planted_share"):
+            vals = [r[k] for r in rs if r[k] is not None]
+            p[k] = sum(vals) / len(vals) if vals else None
+        kept = [t["kept_share"] for r in rs for t in r["trains"] if "kept_share" in t]
+        p["kept_share_mean"] = sum(kept) / len(kept) if kept else None
+        out.append(p)
+    return out
+
+
+def _initial(runs: list[dict]) -> dict | None:
+    """The initial policy's evaluation (step 0), averaged over the runs that logged one."""
+    firsts = [r["evals"][0] for r in runs if r["evals"] and r["evals"][0].get("step") == 0]
+    if not firsts:
+        return None
+    return {k: sum(f[k] for f in firsts) / len(firsts) for k in AXES}
+
+
+def report(runs: list[str], out: str | Path) -> dict:
+    from fairhpc.io import check_output_dir
+
+    out = check_output_dir(out)
+    loaded = [load_run(r) for r in runs]
+    if not loaded:
+        raise ReportError("pg-report: no runs given")
+    points = _points(loaded)
+    xy = [(p["reward_mean"], p["logp_beta_mean"]) for p in points]
+    front = set(pareto_front(xy))
+    for i, p in enumerate(points):
+        p["on_front"] = i in front
+    init = _initial(loaded)
+    all_xy = xy + ([(init["reward_mean"], init["logp_beta_mean"])] if init else [])
+    ref = (min(x for x, _ in all_xy), min(y for _, y in all_xy))
+    groups = {}
+    for p in points:
+        groups.setdefault((p["algo"], p["dropout"]), []).append((p["reward_mean"], p["logp_beta_mean"]))
+    hv = [{"algo": a, "dropout": d, "points": len(v), "hypervolume": hypervolume(v, ref)}
+          for (a, d), v in sorted(groups.items())]
+    result = {"points": points, "initial": init, "reference": ref, "hypervolume": hv}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tables(result, out)
+    _plot_pareto(result, out / "pareto.png")
+    _plot_training(loaded, out / "training.png")
+    atomic_write_json(out / "pareto.json", result)
+    return result
+
+
+def _write_tables(result: dict, out: Path) -> None:
+    cols = ("point", "algo", "dropout", "dropout_rate", "decoding", "n_seeds", "reward_mean", "logp_beta_mean",
+            "planted_share", "kept_share_mean", "on_front")
+
+    def cell(v):
+        return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    csv = ",".join(cols) + "\n" + "".join(",".join(cell(p[c]) for c in cols) + "\n" for p in result["points"])
+    atomic_write_text(out / "pg_results.csv", csv)
+    lines = ["# Policy-gradient runs: reward vs likelihood under beta", ""]
+    if result["initial"]:
+        i = result["initial"]
+        lines += [(f"Initial policy (step 0): reward {i['reward_mean']:.4f}, log beta(y) "
+                   f"{i['logp_beta_mean']:.3f}."), ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(p[c]) for c in cols) + " |" for p in result["points"]]
+    lines += ["", ("Dominated hypervolume per (algo, dropout), reference point "
+                   f"({result['reference'][0]:.4f}, {result['reference'][1]:.3f}):"), "",
+              "| algo | dropout | points | hypervolume |", "|---|---|---|---|"]
+    lines += [f"| {h['algo']} | {h['dropout']} | {h['points']} | {h['hypervolume']:.4f} |"
+              for h in result["hypervolume"]]
+    atomic_write_text(out / "pg_results.md", "\n".join(lines) + "\n")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def _plot_pareto(result: dict, path: Path) -> None:
+    plt = _plt()
+    colors = {"none": "tab:gray", "random": "tab:blue", "quantile": "tab:red", "adaptive": "tab:green"}
+    markers = {"offpolicy": "o", "reinforce": "s", "ppo": "^"}
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    seen = set()
+    for p in result["points"]:
+        lab = f"{p['algo']} / {p['dropout']}"
+        ax.scatter(p["reward_mean"], p["logp_beta_mean"], c=colors.get(p["dropout"], "k"),
+                   marker=markers.get(p["algo"], "x"), s=60 if p["on_front"] else 30,
+                   edgecolors="k" if p["on_front"] else "none", label=None if lab in seen else lab)
+        seen.add(lab)
+    front = sorted((p for p in result["points"] if p["on_front"]), key=lambda p: p["reward_mean"])
+    if front:
+        ax.plot([p["reward_mean"] for p in front], [p["logp_beta_mean"] for p in front], "k--", lw=1,
+                label="Pareto front")
+    if result["initial"]:
+        ax.scatter(result["initial"]["reward_mean"], result["initial"]["logp_beta_mean"], marker="*", s=150,
+                   c="gold", edgecolors="k", label="initial policy")
+    ax.set_xlabel("mean reward of held-out generations")
+    ax.set_ylabel("mean log beta(y) (likelihood under the behaviour model)")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("reward vs likelihood (both maximised)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _plot_training(runs: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for r in sorted(runs, key=lambda r: r["run"]):
+        ev = r["evals"]
+        axes[0].plot([e["step"] for e in ev], [e["reward_mean"] for e in ev], label=r["run"], lw=1)
+        axes[1].plot([e["step"] for e in ev], [e["logp_beta_mean"] for e in ev], lw=1)
+        tr = [t for t in r["trains"] if "kept_share" in t]
+        axes[2].plot([t["step"] for t in tr], [t["kept_share"] for t in tr], lw=1)
+    for ax, title in zip(axes, ("held-out mean reward", "held-out mean log beta(y)", "kept share per step")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+    axes[0].legend(fontsize=6)
+    _save(fig, path)
+    plt.close(fig)

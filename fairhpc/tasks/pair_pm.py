@@ -1,0 +1,321 @@
+"""Pairwise preference model (``fairhpc train-pair-pm``): a causal LM reads the prompt and two responses in
+one sequence and answers with the token ``A`` or ``B``; the preference is read off those two logits.
+
+The sequence (:func:`render_pair_prompt`, the layout of RLHFlow's pair-pm) is one user turn of the
+tokenizer's chat template, followed by the assistant header, whose next token is the answer::
+
+    [CONTEXT] {context} [RESPONSE A] {response_a} [RESPONSE B] {response_b} \\n
+
+``context`` renders the prompt's messages as ``\\n\\n<turn> {role}\\n {content}`` each, then ``\\n\\n\\n``.
+For a pair (x, y1, y2) let z_ab = logit(A) - logit(B) with y1 at A and z_ba the same with y1 at B.  Then
+
+    P(y1 > y2) = ( sigmoid(z_ab) + sigmoid(-z_ba) ) / 2      (both orders averaged)
+
+so P(y1 > y2) + P(y2 > y1) = 1 exactly (swapping y1, y2 swaps the two sequences), and the margin
+
+    m = log P(y1 > y2) - log P(y2 > y1)                       (:func:`pair_margin`)
+
+feeds the fairness objective as a reward model's r_chosen - r_rejected does (modes bt, fr, fc; bt is then
+-log P(chosen > rejected), the cross-entropy of the answer restricted to the two answer tokens and averaged
+over the two orders).  Each pair is trained in both orders in the same micro-batch.
+
+Tokenization is by segments (chat header, context, the two markers, each response, the closing text), so
+both orders hold exactly the same tokens in another arrangement; a response is encoded alike in either
+position.  Too long a sequence loses the oldest context tokens first (``data.truncation_side``) down to
+``data.max_prompt_length``, then the longer response's end, then both ends equally.
+
+The final model is a plain transformers causal LM (``AutoModelForCausalLM``) with its tokenizer; its
+config.json records ``fairhpc_kind: pair_pm`` and final/fairhpc_model.json the template, so that the
+evaluation commands score it pairwise (fairhpc/evaluation/kinds.py, docs/reward_models.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fairhpc.errors import ConfigError
+from fairhpc.tasks.preference import PreferenceTask
+
+KIND = "pair_pm"
+PAIR_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {response_a} [RESPONSE B] {response_b} \n"
+CONTEXT_TURN = "\n\n<turn> {role}\n {content}"
+CONTEXT_END = "\n\n\n"
+ANSWERS = ("A", "B")
+_SLOT = "\x00"  # stands for the user turn's text when the chat template is split around it
+
+
+# ------------------------------------------------------------------------------------------ the template
+def render_context(messages: list[dict]) -> str:
+    """The prompt's messages as the template's context: ``\\n\\n<turn> role\\n content`` per message."""
+    return "".join(CONTEXT_TURN.format(role=m["role"], content=m["content"]) for m in messages) + CONTEXT_END
+
+
+def response_text(messages: list[dict]) -> str:
+    """A response (a list of assistant messages) as one text: its content, or its turns rendered like the
+    context when it has several messages."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "".join(CONTEXT_TURN.format(role=m["role"], content=m["content"]) for m in messages).strip()
+
+
+def render_pair_prompt(prompt: list[dict], response_a: str, response_b: str) -> str:
+    """The user turn the model reads: PAIR_TEMPLATE filled with the rendered context and the two responses."""
+    return PAIR_TEMPLATE.format(context=render_context(prompt), response_a=response_a, response_b=response_b)
+
+
+def chat_frame(tokenizer) -> tuple[str, str]:
+    """(text before, text after) the user turn in the tokenizer's chat template, the assistant header
+    included in the second: the model's next token after the whole text is its answer."""
+    from fairhpc.data import render_messages
+
+    text = render_messages(tokenizer, [{"role": "user", "content": _SLOT}], add_generation_prompt=True)
+    head, _, tail = text.partition(_SLOT)
+    return head, tail
+
+
+def render_pair_text(tokenizer, prompt: list[dict], response_a: str, response_b: str) -> str:
+    """The whole text of one ordering (chat frame around :func:`render_pair_prompt`)."""
+    head, tail = chat_frame(tokenizer)
+    return head + render_pair_prompt(prompt, response_a, response_b) + tail
+
+
+def answer_token_ids(tokenizer) -> tuple[int, int]:
+    """Token ids of the answers A and B; each must be one token of the tokenizer (ConfigError otherwise)."""
+    ids = []
+    for a in ANSWERS:
+        enc = tokenizer(a, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ConfigError(f"model.tokenizer: the pair-pm answer {a!r} is {len(enc)} tokens {enc} of this "
+                              "tokenizer; a pairwise preference model needs each answer to be one token")
+        ids.append(int(enc[0]))
+    if ids[0] == ids[1]:
+        raise ConfigError(f"model.tokenizer: the answers A and B are the same token {ids[0]}")
+    return ids[0], ids[1]
+
+
+class PairTokenizer:
+    """Token ids of both orderings of (prompt, y1, y2), by segments (module docstring)."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int, truncation_side: str = "left"):
+        from fairhpc.data import _adds_bos
+
+        self.tok = tokenizer
+        self.max_length, self.max_prompt_length, self.side = max_length, max_prompt_length, truncation_side
+        head, tail = chat_frame(tokenizer)
+        ctx_open, mark_a, mark_b, close = _template_parts()
+        self.head = self._enc(head + ctx_open)
+        if _adds_bos(tokenizer) and self.head[:1] != [tokenizer.bos_token_id]:
+            self.head.insert(0, tokenizer.bos_token_id)
+        self.mark_a, self.mark_b, self.tail = self._enc(mark_a), self._enc(mark_b), self._enc(close + tail)
+        self.fixed = len(self.head) + len(self.mark_a) + len(self.mark_b) + len(self.tail)
+        if max_length - self.fixed < 3:
+            raise ConfigError(f"data.max_length: {max_length} tokens leave no room for the pair-pm template, "
+                              f"whose fixed parts take {self.fixed} tokens; raise data.max_length")
+
+    def _enc(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def __call__(self, prompt: list[dict], y1: str, y2: str) -> tuple[list[int], list[int], dict]:
+        """(ids with y1 at A, ids with y1 at B, truncation info)."""
+        ctx, a, b = self._enc(render_context(prompt)), self._enc(y1), self._enc(y2)
+        n_ctx, n_a, n_b = len(ctx), len(a), len(b)
+        budget = self.max_length - self.fixed
+        if n_ctx + n_a + n_b > budget:
+            keep = min(n_ctx, max(min(self.max_prompt_length, budget - 2), budget - n_a - n_b))
+            ctx = ctx[n_ctx - keep:] if self.side == "left" else ctx[:keep]
+            room = budget - len(ctx)
+            if n_a + n_b > room:  # the shorter keeps what it can up to half, the longer takes the rest
+                short = min(n_a, n_b, room // 2)
+                if n_a == n_b:  # the same cut for both, so that swapping them gives the same tokens
+                    cap_a = cap_b = short
+                else:
+                    cap_a = short if n_a < n_b else room - short
+                    cap_b = room - cap_a
+                a, b = a[:cap_a], b[:cap_b]
+        ab = self.head + ctx + self.mark_a + a + self.mark_b + b + self.tail
+        ba = self.head + ctx + self.mark_a + b + self.mark_b + a + self.tail
+        info = {"context_tokens": n_ctx, "response_tokens": n_a + n_b, "pair_tokens": len(ab),
+                "prompt_truncated": len(ctx) < n_ctx, "response_truncated": len(a) + len(b) < n_a + n_b}
+        return ab, ba, info
+
+
+def _template_parts() -> tuple[str, str, str, str]:
+    """PAIR_TEMPLATE cut at its slots: text before the context, between context and response A, between
+    the responses, after response B."""
+    t = PAIR_TEMPLATE
+    ctx_open, rest = t.split("{context}")
+    mark_a, rest = rest.split("{response_a}")
+    mark_b, close = rest.split("{response_b}")
+    return ctx_open, mark_a, mark_b, close
+
+
+def collate_sequences(seqs: list[list[int]], pad_id: int) -> dict:
+    """Left-padded [N, L] input_ids, attention_mask and position_ids (positions count real tokens only),
+    so that the last column is every sequence's last token."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+
+
+# ------------------------------------------------------------------------------------------ the math
+def answer_gap(model, input_ids, attention_mask, position_ids, answer_ids: tuple[int, int]) -> torch.Tensor:
+    """[N] logit(A) - logit(B) of the next token after each left-padded sequence (float32)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False, logits_to_keep=1)
+    last = out.logits[:, -1].float()
+    return last[:, answer_ids[0]] - last[:, answer_ids[1]]
+
+
+def pair_margin(z_ab: torch.Tensor, z_ba: torch.Tensor) -> torch.Tensor:
+    """log P(y1 > y2) - log P(y2 > y1) from the answer gaps of both orders (module docstring), computed in
+    log space: exactly antisymmetric under swapping y1 and y2 (which maps (z_ab, z_ba) to (z_ba, z_ab))."""
+    win = torch.logaddexp(F.logsigmoid(z_ab), F.logsigmoid(-z_ba))
+    lose = torch.logaddexp(F.logsigmoid(-z_ab), F.logsigmoid(z_ba))
+    return win - lose
+
+
+# ------------------------------------------------------------------------------------------ data
+class PairPMDataset:
+    """Preference pairs tokenized in both orders: items ``ab`` (chosen at A), ``ba`` (chosen at B),
+    ``index`` and ``category_id`` (index into ``.categories``, -1 without one)."""
+
+    def __init__(self, examples, pair_tok: PairTokenizer, desc: str = "tokenizing"):
+        from tqdm.auto import tqdm
+
+        self.examples = list(examples)
+        self.categories = sorted({ex.category for ex in self.examples if ex.category is not None})
+        cat_id = {c: i for i, c in enumerate(self.categories)}
+        self.items, infos = [], []
+        for i, ex in enumerate(tqdm(self.examples, desc=desc, unit="pair", disable=len(self.examples) < 2000)):
+            ab, ba, info = pair_tok(ex.prompt, response_text(ex.chosen), response_text(ex.rejected))
+            self.items.append({"ab": ab, "ba": ba, "index": i, "category_id": cat_id.get(ex.category, -1)})
+            infos.append(info)
+        n = max(1, len(infos))
+        self.token_stats = {
+            "pair_tokens_mean": sum(x["pair_tokens"] for x in infos) / n,
+            "context_tokens_mean": sum(x["context_tokens"] for x in infos) / n,
+            "prompt_truncated": sum(x["prompt_truncated"] for x in infos),
+            "response_truncated": sum(x["response_truncated"] for x in infos)} if infos else {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+# ------------------------------------------------------------------------------------------ the task
+class PairPMTask(PreferenceTask):
+    name = KIND
+    description = "a pairwise preference model (answers A or B for two responses)"
+    loss_kind = "rm"
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__(cfg, tokenizer)
+        if cfg.model.head != "linear":
+            raise ConfigError(f"model.head: {cfg.model.head!r} is a reward-model head of train-rm; a pairwise "
+                              "preference model answers with its language-model head (leave model.head=linear)")
+        self.answer_ids = answer_token_ids(tokenizer)  # before any data is read
+
+    # ---- data
+    def build_datasets(self):
+        from collections import Counter
+
+        from fairhpc.data import _load_split
+
+        d = self.cfg.data
+        pair_tok = PairTokenizer(self.tokenizer, d.max_length, d.max_prompt_length, d.truncation_side)
+        stats: dict = {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length,
+                       "truncation_side": d.truncation_side, "template": PAIR_TEMPLATE,
+                       "template_fixed_tokens": pair_tok.fixed}
+        exs, stats["train"] = _load_split(d, "train")
+        eval_exs = None
+        if d.eval is not None:
+            eval_exs, stats["eval"] = _load_split(d, "eval")
+        train_ds = PairPMDataset(exs, pair_tok, "tokenizing train")
+        eval_ds = PairPMDataset(eval_exs, pair_tok, "tokenizing eval") if eval_exs else None
+        for name, ds in (("train", train_ds), ("eval", eval_ds)):
+            if ds is not None:
+                stats[name]["categories"] = dict(sorted(Counter(ex.category or "none" for ex in ds.examples).items()))
+                stats[name]["tokens"] = ds.token_stats
+        return train_ds, eval_ds, stats
+
+    def collate(self, rows: list[dict]) -> dict:
+        batch = collate_sequences([r["ab"] for r in rows] + [r["ba"] for r in rows], self.pad_id)
+        batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        batch["category_id"] = torch.tensor([r["category_id"] for r in rows], dtype=torch.long)
+        return batch
+
+    # ---- model
+    def build_tiny(self, tiny_cfg, tokenizer, attn):
+        from fairhpc.models import build_tiny_policy
+
+        return _mark(build_tiny_policy(tiny_cfg, tokenizer, attn))
+
+    def load_pretrained(self, name_or_path, dtype, attn_implementation, tokenizer):
+        from fairhpc.models import load_policy
+
+        return _mark(load_policy(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                 tokenizer=tokenizer))
+
+    # ---- the objective
+    def margin_inputs(self, engine, model, batch, split):
+        dev = engine.device
+        z = answer_gap(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                       batch["position_ids"].to(dev), self.answer_ids)
+        b = batch["index"].shape[0]
+        m = pair_margin(z[:b], z[b:])
+        return m, torch.zeros_like(m)
+
+    def margins(self, inputs) -> torch.Tensor:
+        chosen, rejected = inputs
+        return chosen - rejected
+
+    # ---- the end
+    def finish(self, engine) -> None:
+        """final/fairhpc_model.json (the kind and the template), then the --then-eval evaluation."""
+        import torch.distributed as dist
+
+        if engine.is_main:
+            write_pair_marker(engine.run.final, self.tokenizer, self.cfg.data)
+        dist.barrier()
+        super().finish(engine)
+
+    def run_then_eval(self, engine, args) -> None:
+        """`fairhpc eval-rm` on rank 0 with the model in memory (ZeRO-3: read back from RUN/final)."""
+        import torch.distributed as dist
+
+        from fairhpc.evaluation.cli import run_eval_rm
+
+        if engine.is_main:
+            held = engine.engine.module if self.cfg.train.zero_stage != 3 else None
+            run_eval_rm(args, model=held, tokenizer=self.tokenizer if held is not None else None)
+        dist.barrier()
+
+    def summary_fields(self) -> dict:
+        return {**super().summary_fields(), "answer_tokens": list(ANSWERS)}
+
+
+def _mark(model):
+    model.config.fairhpc_kind = KIND
+    return model
+
+
+def write_pair_marker(final_dir, tokenizer, data_cfg) -> None:
+    """fairhpc_model.json of a pair-pm model directory: its kind, template and answer tokens."""
+    from fairhpc.evaluation.kinds import write_marker
+
+    write_marker(final_dir, {"kind": KIND, "template": PAIR_TEMPLATE, "context_turn": CONTEXT_TURN,
+                             "context_end": CONTEXT_END, "answers": list(ANSWERS),
+                             "answer_token_ids": list(answer_token_ids(tokenizer)),
+                             "max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length,
+                             "truncation_side": data_cfg.truncation_side})
+
+
+TASK = PairPMTask
