@@ -40,6 +40,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_revision
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("eager", "chunked", "liger")
 GPU_GRID = {"V": (32000, 128256), "T": (512, 1024, 2048), "H": (2048, 4096), "B": (1, 2, 4, 8, 16)}
@@ -91,17 +94,6 @@ def parse_cases(text: str | None, on_cuda: bool) -> list[tuple[int, int, int, in
             raise SystemExit(f"--cases: {item!r} is not V:T:H:B with positive integers")
         out.append(tuple(int(x) for x in parts))
     return out
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=30, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def liger_version() -> str:

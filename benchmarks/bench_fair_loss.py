@@ -26,9 +26,11 @@ import functools
 import math
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
 PROVIDERS = ("torch_fp64", "torch_fp32", "torch_compile_fp32", "triton")
@@ -81,17 +83,6 @@ def parse_args(argv=None):
     if not args.sizes or min(args.sizes) < 1:
         p.error(f"--sizes: batch sizes must be >= 1, got {args.sizes}")
     return args
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=30, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def make_inputs(kind, n, dtype, device, seed):

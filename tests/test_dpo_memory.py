@@ -135,3 +135,32 @@ def test_bad_config_value_is_refused():
         load_config(None, ["model.logprob_impl=fast"])
     with pytest.raises(ConfigError, match="model.logprob_chunk_tokens"):
         load_config(None, ["model.logprob_chunk_tokens=0"])
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_on_cpu_and_records_its_figures(tmp_path):
+    """The benchmark of rule bench_dpo_memory at one small case: a row per method with the same loss, ratios to
+    eager, device and versions, and the plot."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out_csv, out_png = tmp_path / "dpo_memory.csv", tmp_path / "dpo_memory.png"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_dpo_memory.py"), "--csv", str(out_csv),
+                          "--png", str(out_png), "--cases", "4096:64:64:2", "--methods", "eager,chunked",
+                          "--repeats", "1"], cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = {r["method"]: r for r in csv.DictReader(out_csv.open())}
+    assert set(rows) == {"eager", "chunked"} and all(r["status"] == "ok" for r in rows.values())
+    assert float(rows["eager"]["peak_ratio"]) == 1.0 and float(rows["eager"]["time_ratio"]) == 1.0
+    assert float(rows["chunked"]["loss"]) == pytest.approx(float(rows["eager"]["loss"]), rel=1e-5)
+    assert float(rows["chunked"]["peak_mib"]) >= 0 and float(rows["chunked"]["time_s"]) > 0
+    assert rows["chunked"]["device"].startswith("CPU") and rows["chunked"]["torch"] == torch.__version__
+    assert rows["chunked"]["git_rev"] not in ("", "unknown")
+    assert out_png.stat().st_size > 0
