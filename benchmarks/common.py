@@ -1,4 +1,4 @@
-"""What the benchmark scripts of this folder share (they run as scripts: `python benchmarks/bench_x.py`)."""
+"""What the benchmark scripts of this folder share (each runs as a script, e.g. `python benchmarks/bench_fair_loss.py`)."""
 
 from __future__ import annotations
 
