@@ -277,6 +277,18 @@ class Engine:
     def ds_config(self, zero_stage: int | None = None) -> dict:
         return build_ds_config(self.cfg, self.precision, zero_stage)
 
+    def frozen_model(self, model):
+        """A frozen model beside the trained one (a reference policy), placed like it: a ZeRO-3 inference engine
+        sharding it under train.zero_stage 3, else moved to this rank's device; in eval mode, no gradients."""
+        import deepspeed
+
+        model.requires_grad_(False).eval()
+        if self.cfg.train.zero_stage == 3:
+            model = deepspeed.initialize(model=model, config=self.ds_config(zero_stage=3))[0]
+            model.eval()
+            return model
+        return model.to(self.device)
+
     def eval_loader(self, dataset):
         """This rank's shard of `dataset` in a fixed order, batched like training."""
         sampler = ShardSampler(dataset, self.rank, self.world, 0, shuffle=False)

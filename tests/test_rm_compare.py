@@ -6,9 +6,6 @@ demo workflow configs/workflows/reward_models.yaml run for real (slow) and the j
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import update_config  # how Snakemake lays --configfile over config.yaml
+from test_workflow import job_counts, smk
 
 from fairhpc import rm_compare
 from fairhpc import workflow as wf
@@ -23,7 +21,6 @@ from fairhpc.cli import main
 from fairhpc.errors import ReportError
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CATS = ("harmless", "helpful", "honest")
 OBJECTIVES = ("helpfulness", "correctness", "safety", "verbosity")
 
@@ -299,27 +296,6 @@ def test_schema_takes_rm_comparison_and_checks_it():
                         ({"grid": ["rm"]}, "'grids' is a required property")):
         with pytest.raises(wf.WorkflowConfigError, match=needle):
             wf.check_schema({**copy.deepcopy(cfg), "rm_comparison": bad}, REPO)
-
-
-def smk(*args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the `fairhpc` command
-    res = subprocess.run(["timeout", str(timeout), *SNAKEMAKE, *args], check=False, cwd=REPO, env=env,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    return res
-
-
-def job_counts(out: str) -> dict:
-    """The 'Job stats' table of a dry run -> {rule: count}."""
-    counts = {}
-    for line in out[out.index("Job stats:"):].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        if parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 DRY = {

@@ -17,20 +17,6 @@ def _load(args):
     return cfg
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
 def _embed_out(args, cfg) -> Path:
     if args.out:
         return Path(args.out)
@@ -51,7 +37,9 @@ def cmd_embed(args) -> int:
     if args.shard is not None and not 0 <= args.shard < n:
         raise ConfigError(f"--shard {args.shard}: must be in [0, {n - 1}] for --num-shards {n}")
     out = _embed_out(args, cfg)
-    emb = Embedder(cfg, out, _device(args.device))   # reads and validates every input first
+    from fairhpc.evaluation.scoring import resolve_device
+
+    emb = Embedder(cfg, out, resolve_device(args.device))   # reads and validates every input first
     print(f"[armo-embed] {len(emb.items)} items ({', '.join(f'{k} {len(v)}' for k, v in emb.inputs.ratings.items())}"
           f", {', '.join(f'{k} {len(v)} pairs' for k, v in emb.inputs.pairs.items())}); objectives "
           f"{', '.join(emb.inputs.objectives)}; {n} shards in {out}", flush=True)

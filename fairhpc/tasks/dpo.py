@@ -83,8 +83,6 @@ class DPOTask(PreferenceTask):
         """The frozen reference: a copy of the initial policy, or model.ref_name_or_path."""
         import copy
 
-        import deepspeed
-
         from fairhpc.models import resolve_attn_implementation
 
         m = self.cfg.model
@@ -95,14 +93,7 @@ class DPOTask(PreferenceTask):
                                        dtype=torch.bfloat16 if engine.precision == "bf16" else None,
                                        attn_implementation=resolve_attn_implementation(m.attn_implementation, engine.device),
                                        tokenizer=self.tokenizer)
-        ref.requires_grad_(False).eval()
-        if self.cfg.train.zero_stage == 3:
-            # a ZeRO-3 inference engine shards the frozen reference like the policy
-            ref = deepspeed.initialize(model=ref, config=engine.ds_config(zero_stage=3))[0]
-            ref.eval()
-            self.ref_model = ref
-        else:
-            self.ref_model = ref.to(engine.device)
+        self.ref_model = engine.frozen_model(ref)
 
     def setup(self, engine) -> None:
         if not self.cfg.train.precompute_ref:

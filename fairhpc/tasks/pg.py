@@ -249,8 +249,6 @@ class PolicyGradientTask(Task):
         """The frozen behaviour / reference model beta and the reward model."""
         import copy
 
-        import deepspeed
-
         from fairhpc.pg.reward import RewardSource
 
         m = self.cfg.model
@@ -258,13 +256,7 @@ class PolicyGradientTask(Task):
             ref = copy.deepcopy(model.lm)  # beta is the initial policy
         else:
             ref = self._load_lm(m.ref_name_or_path or m.name_or_path, engine)
-        ref.requires_grad_(False).eval()
-        if self.cfg.train.zero_stage == 3:
-            ref = deepspeed.initialize(model=ref, config=engine.ds_config(zero_stage=3))[0]
-            ref.eval()
-            self.ref = ref
-        else:
-            self.ref = ref.to(engine.device)
+        self.ref = engine.frozen_model(ref)
         dtype = torch.bfloat16 if engine.precision == "bf16" else None
         self.reward = RewardSource(self.cfg.pg, engine.device, dtype=dtype)
 
