@@ -278,8 +278,8 @@ class Engine:
         return build_ds_config(self.cfg, self.precision, zero_stage)
 
     def frozen_model(self, model):
-        """A frozen model beside the trained one (a reference policy), placed like it: a ZeRO-3 inference engine
-        sharding it under train.zero_stage 3, else moved to this rank's device; in eval mode, no gradients."""
+        """A frozen model beside the trained one, placed like it: a ZeRO-3 inference engine sharding it under
+        train.zero_stage 3, else moved to this rank's device; in eval mode, no gradients."""
         import deepspeed
 
         model.requires_grad_(False).eval()
