@@ -180,6 +180,12 @@ def pair_margin(z_ab: torch.Tensor, z_ba: torch.Tensor) -> torch.Tensor:
     return win - lose
 
 
+def order_margins(z_ab: torch.Tensor, z_ba: torch.Tensor) -> torch.Tensor:
+    """[2N] the training margins: each ordering of a pair is one example whose margin is the log-odds of the
+    right answer, z_ab for the order with y1 at A and -z_ba for the order with y1 at B (module docstring)."""
+    return torch.cat([z_ab, -z_ba])
+
+
 # ------------------------------------------------------------------------------------------ data
 class PairPMDataset:
     """Preference pairs tokenized in both orders: items ``ab`` (chosen at A), ``ba`` (chosen at B),
@@ -270,7 +276,10 @@ class PairPMTask(PreferenceTask):
         z = answer_gap(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
                        batch["position_ids"].to(dev), self.answer_ids)
         b = batch["index"].shape[0]
-        m = pair_margin(z[:b], z[b:])
+        if split == "train":
+            m = order_margins(z[:b], z[b:])
+        else:
+            m = pair_margin(z[:b], z[b:])
         return m, torch.zeros_like(m)
 
     def margins(self, inputs) -> torch.Tensor:
