@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from learning import curve
 from safetensors.torch import load_file
 
 from fairhpc import synthetic as syn
@@ -162,8 +163,8 @@ def test_gated_model_beats_every_single_objective(stages):
     ev = summary["eval"]
     best_single = max(ev["objective_accuracy"].values())
     assert best_single < 0.75
-    assert ev["accuracy"] >= best_single + 0.1, ev
-    assert ev["accuracy"] > ev["uniform_gate_accuracy"] + 0.1
+    assert ev["accuracy"] >= best_single + 0.1, (ev, curve(stages["run"]))
+    assert ev["accuracy"] > ev["uniform_gate_accuracy"] + 0.1, (ev, curve(stages["run"]))
     # the gate puts most weight on the deciding attribute of harmless and honest prompts
     by_cat = ev["gate_mean_by_category"]
     assert max(by_cat["harmless"], key=by_cat["harmless"].get) == "safety"

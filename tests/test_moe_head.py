@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from learning import curve
 from test_eval_benchmarks import RB_ROWS, TINY, read_out, run, save_tiny, unbatched_reward
 from test_train import FAST, run_cli
 
@@ -118,7 +119,7 @@ def test_moe_head_trains_saves_and_loads_back_to_the_same_scores(moe_run, tmp_pa
     assert summary["head"] == "moe" and summary["moe_experts"] == 3
     rows, ev = read_out(moe_run / "eval")
     oracle = ev["metrics"]["oracle_accuracy"]
-    assert summary["eval"]["accuracy"] >= 0.5 + 0.6 * (oracle - 0.5), (summary["eval"], oracle)  # as test_train
+    assert summary["eval"]["accuracy"] >= 0.5 + 0.6 * (oracle - 0.5), (summary["eval"], oracle, curve(moe_run))
     assert json.loads((moe_run / "final" / "fairhpc_model.json").read_text()) == {"kind": "moe", "experts": 3}
     assert ev["model_kind"] == "moe" and set(ev["moe"]["gate_mean_by_category"]) == {"helpful", "harmless", "honest"}
     for r in rows:

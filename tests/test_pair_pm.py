@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from learning import curve
 from test_eval_benchmarks import RB_ROWS, read_out, run, save_tiny
 from test_train import run_cli
 
-# 1,600 synthetic pairs, 3 epochs: the tiny 2-layer Llama reaches ~0.78 held-out accuracy in ~25 s on one core
+# 1,600 synthetic pairs, 3 epochs: the tiny 2-layer Llama reaches ~0.84 held-out accuracy in ~25 s on one core
 TRAIN = ["data.synthetic.n_train=1600", "data.synthetic.n_eval=400", "train.epochs=3", "train.micro_batch_size=16",
          "train.lr=2e-3", "train.save_steps=0", "train.log_steps=10", "data.max_length=160",
          "data.max_prompt_length=48"]
@@ -86,6 +88,33 @@ def test_margin_is_exactly_antisymmetric():
                                                                 torch.ones_like(p), atol=1e-12)
 
 
+def test_training_margins_are_the_cross_entropy_of_each_order():
+    """Training takes one margin per ordering (z_ab, -z_ba): bt is then the answer's cross-entropy averaged
+    over both orders, which a position bias (the same gap c in both orders) raises above log 2 and pulls back
+    to c = 0.  The pair margin (averaged probability) gives log 2 for every c, the flat direction along which
+    a run can drift into saturated sigmoids and stop learning."""
+    from fairhpc.config import FairnessConfig
+    from fairhpc.losses import fairness_loss_from_margins
+    from fairhpc.tasks.pair_pm import order_margins, pair_margin
+
+    g = torch.Generator().manual_seed(1)
+    z_ab, z_ba = torch.randn(64, generator=g, dtype=torch.float64) * 3, torch.randn(64, generator=g).double() * 3
+    bt = FairnessConfig(mode="bt")
+    m = order_margins(z_ab, z_ba)
+    assert m.shape == (128,) and torch.equal(m[:64], z_ab) and torch.equal(m[64:], -z_ba)
+    want = (F.softplus(-z_ab) + F.softplus(z_ba)).mean() / 2
+    assert float(fairness_loss_from_margins(m, bt).loss) == pytest.approx(float(want), rel=1e-12)
+    for c in (-6.0, -1.9, 0.0, 2.5):
+        shift = torch.full((8,), c, dtype=torch.float64, requires_grad=True)
+        per_order = fairness_loss_from_margins(order_margins(shift, shift), bt).loss
+        averaged = fairness_loss_from_margins(pair_margin(shift, shift), bt).loss
+        assert float(averaged) == pytest.approx(math.log(2), abs=1e-12)  # flat in c
+        (grad,) = torch.autograd.grad(per_order, shift)
+        assert float(per_order) == pytest.approx((math.log1p(math.exp(c)) + math.log1p(math.exp(-c))) / 2, rel=1e-9)
+        # the gradient of the common shift points back to c = 0 (zero there)
+        assert float(grad.sum()) == pytest.approx(math.tanh(c / 2) / 2, abs=1e-9)
+
+
 def test_bad_settings_fail_before_training(tmp_path):
     res = run_cli(["train-pair-pm", f"output_dir={tmp_path / 'o'}", "model.head=moe"])
     assert res.returncode == 2 and "model.head" in res.stderr and not (tmp_path / "o" / "final").exists()
@@ -104,12 +133,13 @@ def test_pair_pm_learns_synthetic_preferences(pp_run):
     oracle = oracle_accuracy(exs)
     # Labels are Bradley-Terry draws, so no model beats the held-out Bayes accuracy (~0.84 here).  Chance
     # is 0.5; we ask for 60% of the way from chance to that ceiling (~0.70), which an untrained model
-    # (0.5 +- 0.025 on 400 pairs) cannot reach; this run gets ~0.78.
+    # (0.5 +- 0.025 on 400 pairs) cannot reach; this run gets ~0.84 (seeds 0-2: 0.80-0.845), because training
+    # takes each ordering's answer cross-entropy, which leaves no position bias free (docs/reward_models.md).
     assert 0.6 < oracle < 1.0
     acc = summary["eval"]["accuracy"]
-    assert acc >= 0.5 + 0.6 * (oracle - 0.5), (acc, oracle)
+    assert acc >= 0.5 + 0.6 * (oracle - 0.5), (acc, oracle, curve(pp_run))
     evals = [json.loads(x) for x in (pp_run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
-    assert evals[0]["step"] == 0 and evals[-1]["accuracy"] > evals[0]["accuracy"] + 0.1
+    assert evals[0]["step"] == 0 and evals[-1]["accuracy"] > evals[0]["accuracy"] + 0.1, curve(pp_run)
     # the in-training eval-rm: the pairs' preferences, with the same accuracy the engine measured
     rows, ev = read_out(pp_run / "eval")
     assert ev["model_kind"] == "pair_pm" and ev["metrics"]["accuracy"] == pytest.approx(acc, abs=1e-6)

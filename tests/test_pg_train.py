@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from learning import curve
 
 from tests.test_train import REPO, final_state, read_metrics, run_cli
 
@@ -54,7 +55,8 @@ def test_every_algorithm_raises_the_heldout_reward_over_the_initial_policy(algo_
     first, last = evals[0], evals[-1]
     assert first["step"] == 0 and last["step"] == 40
     assert first["kl_mean"] == 0.0  # the initial policy is the reference
-    assert last["reward_mean"] > first["reward_mean"] + 0.08, (first, last)
+    learned = curve(out, train_keys=("loss", "reward_mean"), eval_keys=("reward_mean", "planted_share"))
+    assert last["reward_mean"] > first["reward_mean"] + 0.08, (first, last, learned)
     assert last["planted_share"] > first["planted_share"], (first, last)  # the true attribute, not only the RM
     trains = [r for r in read_metrics(out) if r["split"] == "train"]
     assert len(trains) == 40 and all(0 < r["kept_share"] <= 1 for r in trains)

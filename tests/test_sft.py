@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from learning import curve
 
 from fairhpc.errors import DataError
 from tests.test_train import read_metrics, run_cli
@@ -79,8 +80,9 @@ def test_sft_learns_and_reports_true_nll(sft_run):
     assert summary["task"] == "sft" and summary["mode"] == "sft"
     evals = [r for r in read_metrics(out) if r["split"] == "eval"]
     trains = [r for r in read_metrics(out) if r["split"] == "train"]
-    assert evals[-1]["nll_per_token"] < evals[0]["nll_per_token"] - 1.0      # learns the synthetic language
-    assert trains[-1]["loss"] < trains[0]["loss"] and trains[0]["tokens"] > 0
+    learned = curve(out, eval_keys=("nll_per_token",))
+    assert evals[-1]["nll_per_token"] < evals[0]["nll_per_token"] - 1.0, learned  # learns the synthetic language
+    assert trains[-1]["loss"] < trains[0]["loss"] and trains[0]["tokens"] > 0, learned
     cfg = load_config(out / "config.yaml")
     rows = [json.loads(x) for x in Path(ev).read_text().splitlines()]
     assert summary["eval"]["nll_per_token"] == pytest.approx(_nll_per_token(out / "final", rows, cfg), rel=1e-3)

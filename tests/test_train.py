@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from learning import curve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,9 +70,9 @@ def test_reward_model_learns_synthetic_preferences(rm_run):
     # to that ceiling, which an untrained or random model (acc ~ 0.5) cannot reach.
     oracle = oracle_accuracy(synthetic_rows(load_config(rm_run / "config.yaml").data, "eval"))
     assert 0.6 < oracle <= 1.0
-    assert acc >= 0.5 + 0.6 * (oracle - 0.5), (acc, oracle)
+    assert acc >= 0.5 + 0.6 * (oracle - 0.5), (acc, oracle, curve(rm_run))
     evals = [r for r in read_metrics(rm_run) if r["split"] == "eval"]
-    assert evals[0]["step"] == 0 and evals[-1]["accuracy"] > evals[0]["accuracy"] + 0.1
+    assert evals[0]["step"] == 0 and evals[-1]["accuracy"] > evals[0]["accuracy"] + 0.1, curve(rm_run)
     trains = [r for r in read_metrics(rm_run) if r["split"] == "train"]
     assert {"loss", "u", "f", "accuracy", "margin_mean", "margin_std", "lr", "grad_norm"} <= set(trains[0])
     assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in trains)

@@ -15,9 +15,17 @@ so P(y1 > y2) + P(y2 > y1) = 1 exactly (swapping y1, y2 swaps the two sequences)
 
     m = log P(y1 > y2) - log P(y2 > y1)                       (:func:`pair_margin`)
 
-feeds the fairness objective as a reward model's r_chosen - r_rejected does (modes bt, fr, fc; bt is then
--log P(chosen > rejected), the cross-entropy of the answer restricted to the two answer tokens and averaged
-over the two orders).  Each pair is trained in both orders in the same micro-batch.
+is the pair's score wherever the model is evaluated (eval-rm, benchmarks, Best-of-N, held-out metrics).
+
+Training treats each ordering as one example whose answer is known: the margins are z_ab (y1 = chosen shown
+as A, answer A) and -z_ba (chosen shown as B, answer B) (:func:`order_margins`), 2B margins for B pairs, so
+``bt`` is the two-way cross-entropy of the answer averaged over both orders,
+( -log sigmoid(z_ab) - log sigmoid(-z_ba) ) / 2, and ``fr`` / ``fc`` take those 2B allocations.  Training on
+the averaged probability instead (-log P(chosen > rejected)) leaves a position bias free: a common shift c
+of both answer gaps (z_ab = z_ba = c, "always answer B") gives P = 1/2 and the loss log 2 for every c, and a
+large |c| saturates both sigmoids, so the order-sensitive part of the gradient vanishes and a run that drifts
+there never leaves it.  The per-order cross-entropy penalises the shift (its minimum over c is at c = 0)
+and is what RLHFlow's pair-pm trains (the next-token loss on the answer of each ordering).
 
 Tokenization is by segments (chat header, context, the two markers, each response, the closing text), so
 both orders hold exactly the same tokens in another arrangement; a response is encoded alike in either
