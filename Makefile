@@ -3,20 +3,24 @@
 #   make test   create .venv, install fairhpc with its test tools, run the test suite
 PYTHON     ?= python3
 VENV       ?= .venv
-# CPU wheel here; on a cluster use e.g. TORCH_SPEC="torch==2.13.0" with the CUDA index of your site
+# CPU wheel here; on a cluster: TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or your site's index)
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+# every package's version, as the test suite passed with them (refreshed by `make lock`)
+CONSTRAINTS ?= constraints.txt
 CORES      ?= 2
 BIN        := $(abspath $(VENV))/bin
+PIP        := $(BIN)/python -m pip install -q -c $(abspath $(CONSTRAINTS))
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# deepspeed builds against the torch above: no build isolation
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev,bench]"
+	$(PIP) --no-build-isolation -e ".[dev,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,6 +38,18 @@ lint: install
 
 bench: install
 	snakemake --cores $(CORES) bench_fair_loss
+
+# Refresh constraints.txt: the newest releases that pyproject.toml admits, resolved in a new virtual
+# environment (LOCK_VENV), frozen with their exact versions.  Run `make test` with the result before committing.
+LOCK_VENV ?= .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LOCK_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(LOCK_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[dev,bench]"
+	$(LOCK_VENV)/bin/python scripts/lock.py $(LOCK_VENV)/bin/python $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf .snakemake results runs logs
