@@ -130,7 +130,15 @@ def test_alpaca_eval_official_instruction_set():
     try:
         official = constants.get_alpaca_eval_data("alpaca_eval")
     except Exception as e:  # noqa: BLE001 - any error: the set is not in the local hub cache
-        pytest.skip(f"AlpacaEval set not in the local Hugging Face cache (offline): {type(e).__name__}")
+        import datasets
+        from huggingface_hub import constants as hub
+
+        pytest.skip(f"AlpacaEval's official set ({pb.ALPACA_EVAL_HUB}, config alpaca_eval) is not in the local "
+                    f"Hugging Face cache ({type(e).__name__}; hub cache {hub.HF_HUB_CACHE}, datasets cache "
+                    f"{datasets.config.HF_DATASETS_CACHE}). To run this check: on a machine with hub access, "
+                    f"python -c \"import datasets; datasets.load_dataset('{pb.ALPACA_EVAL_HUB}', 'alpaca_eval')\" "
+                    "(or fairhpc policy-bench-fetch for a workflow), then with the same HF_HOME: "
+                    "pytest tests/test_policy_benchmarks.py -k official_instruction_set")
     rows, source = pb.load_alpaca_eval_instructions()
     assert source.startswith("hub:")
     assert len(rows) == len(official) == pb.ALPACA_EVAL_SIZE

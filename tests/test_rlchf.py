@@ -166,6 +166,35 @@ def test_aggregate_bad_input(tmp_path, change, msg):
     assert len(jsonl(out / "pairs.jsonl")) == 2
 
 
+def test_aggregate_without_groups(tmp_path):
+    """Judges without a group: borda with uniform weights aggregates (no group is needed for that), the summary
+    says no groups were given, pairs carry no category; balanced weights and eval-groups need the groups."""
+    def judge(pid, ranking):
+        return {"persona": {"id": pid, "persona": f"judge {pid}"}, "ranking": ranking}
+
+    rows = [{"id": "a", "prompt": "q", "responses": ["x", "y", "z"],
+             "rankings": [judge("p1", [0, 1, 2]), judge("p2", [1, 0, 2]), judge("p3", [0, 2, 1])]},
+            {"id": "b", "prompt": "r", "responses": ["u", "v", "w"],
+             "rankings": [judge("p1", [2, 1, 0]), judge("p2", [2, 0, 1]), judge("p3", [1, 2, 0])]}]
+    f = write_jsonl(tmp_path / "r.jsonl", rows)
+    res = run_cli(["aggregate", "--swf", "borda", "--voter-weights", "uniform", "--rankings", f,
+                   "--out", str(tmp_path / "o")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "groups: none given" in res.stdout
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["groups"].startswith("none given") and s["group_agreement"] == {} and s["worst_group_agreement"] is None
+    agg = jsonl(tmp_path / "o" / "aggregated.jsonl")
+    # Borda by hand: row a scores x 2+1+2=5, y 1+2+0=3, z 0+0+1=1; row b: w 2+2+1=5... u 0+1+0=1, v 1+0+2=3
+    assert [r["ranking"] for r in agg] == [[0, 1, 2], [2, 1, 0]]
+    pairs = jsonl(tmp_path / "o" / "pairs.jsonl")
+    assert pairs and all(p["category"] is None and p["support"] == {} for p in pairs)
+    assert s["pairs_by_category"] == {"none": len(pairs)}
+    res = run_cli(["aggregate", "--swf", "borda", "--voter-weights", "balanced", "--rankings", f,
+                   "--out", str(tmp_path / "o2")])
+    assert res.returncode == 2 and "--voter-weights balanced" in res.stderr and "persona.'group'" in res.stderr
+    assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
 def test_aggregate_cli_errors(tmp_path):
     f = write_jsonl(tmp_path / "r.jsonl", [BASE, "{not json", BASE])
     res = run_cli(["aggregate", "--swf", "borda", "--rankings", f, "--out", str(tmp_path / "o")])

@@ -68,10 +68,6 @@ def _check_row(row, where: str, group_by: str) -> dict:
             raise DataError(f"{where}: field '{f}.ranking': missing", "missing_field")
         if not isinstance(r.get("persona"), dict):
             raise DataError(f"{where}: field '{f}.persona': expected the judge's persona object", "wrong_type")
-        if group_by not in r["persona"]:
-            raise DataError(f"{where}: field '{f}.persona.{group_by}': missing (the group of the judge; set "
-                            f"--group-by to one of: {', '.join(k for k in r['persona'] if k != 'persona')})",
-                            "missing_field")
         S.check_profile([r["ranking"]], k, where, offset=j)
         if "weight" in r and (isinstance(r["weight"], bool) or not isinstance(r["weight"], (int, float))
                               or not r["weight"] >= 0):
@@ -79,8 +75,25 @@ def _check_row(row, where: str, group_by: str) -> dict:
     return row
 
 
+def _check_groups(row: dict, group_by: str) -> None:
+    for j, r in enumerate(row["rankings"]):
+        if group_by not in r["persona"]:
+            raise DataError(f"{row['_where']}: field 'rankings[{j}].persona.{group_by}': missing (the group of "
+                            f"the judge: other judges of this file have one; set --group-by to one of: "
+                            f"{', '.join(k for k in r['persona'] if k != 'persona') or 'none'})", "missing_field")
+
+
+def has_groups(rows: list[dict], group_by: str) -> bool:
+    """Whether the judges of these rows carry the group field (any of them does)."""
+    return any(group_by in r["persona"] for row in rows for r in row["rankings"])
+
+
 def read_rankings(path: str, group_by: str = "group", bad_rows: str = "error") -> tuple[list[dict], Counter]:
-    """(rows, skipped rows by reason) of a rankings JSONL file; each row gets ``_where`` (file: line)."""
+    """(rows, skipped rows by reason) of a rankings JSONL file; each row gets ``_where`` (file: line).
+
+    The judges' group (``persona.<group_by>``) is optional for the file as a whole: where no judge has one,
+    the rows are kept (aggregation needs no group; :func:`has_groups` tells); where some judges have one,
+    every judge must (a row with a judge without it is refused or skipped by ``bad_rows``)."""
     from fairhpc.sources import iter_source
 
     if bad_rows not in ("error", "skip"):
@@ -97,6 +110,17 @@ def read_rankings(path: str, group_by: str = "group", bad_rows: str = "error") -
             if bad_rows == "error" or e.reason is None:
                 raise
             skipped[e.reason] += 1
+    if has_groups(rows, group_by):
+        kept = []
+        for row in rows:
+            try:
+                _check_groups(row, group_by)
+                kept.append(row)
+            except DataError as e:
+                if bad_rows == "error":
+                    raise
+                skipped[e.reason] += 1
+        rows = kept
     if not rows:
         raise DataError(f"{path}: no usable rows" + (f" (skipped: {dict(sorted(skipped.items()))})" if skipped else ""))
     return rows, skipped
@@ -117,9 +141,12 @@ def voter_weights(row: dict, mode: str, group_by: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def group_support(row: dict, winner: int, loser: int, group_by: str) -> dict[str, tuple[float, float]]:
-    """{group: (share of its judges ranking winner above loser, mean position margin)}."""
+def group_support(row: dict, winner: int, loser: int, group_by: str | None) -> dict[str, tuple[float, float]]:
+    """{group: (share of its judges ranking winner above loser, mean position margin)}; {} without groups
+    (``group_by`` None)."""
     acc: dict[str, list] = {}
+    if group_by is None:
+        return acc
     for r in row["rankings"]:
         pos = {c: i for i, c in enumerate(r["ranking"])}
         g = str(r["persona"][group_by])
@@ -198,8 +225,14 @@ def run_aggregate(rankings_path: str, method: str, out_dir: str, pair_policy: st
         raise ConfigError(f"--pairs: unknown pair policy {pair_policy!r}; allowed: {', '.join(S.PAIR_POLICIES)}")
     if weights not in VOTER_WEIGHTS:
         raise ConfigError(f"--voter-weights: unknown {weights!r}; allowed: {', '.join(VOTER_WEIGHTS)}")
-    out = check_output_dir(out_dir)
     rows, skipped = read_rankings(rankings_path, group_by, bad_rows)
+    grouped = has_groups(rows, group_by)
+    if not grouped and weights == "balanced":
+        raise ConfigError(f"--voter-weights balanced: weighs each judge by its group's size, but no judge of "
+                          f"{rankings_path} has the group field persona.{group_by!r}; use uniform or field, or "
+                          f"set --group-by to a field the personas have")
+    out = check_output_dir(out_dir)
+    groups = group_by if grouped else None
     n_read = len(rows) + sum(skipped.values())
     agg_rows, pair_rows, sft_rows = [], [], []
     cats, sft_cats, group_agree = Counter(), Counter(), {}
@@ -219,7 +252,7 @@ def run_aggregate(rankings_path: str, method: str, out_dir: str, pair_policy: st
         rid = str(row.get("id", i))
         prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
         per_group: dict[str, list] = {}
-        for r in row["rankings"]:
+        for r in row["rankings"] if grouped else ():
             per_group.setdefault(str(r["persona"][group_by]), []).append(agreement(res.ranking, r["ranking"]))
         ga = {g: sum(v) / len(v) for g, v in sorted(per_group.items())}
         for g, v in per_group.items():
@@ -229,25 +262,28 @@ def run_aggregate(rankings_path: str, method: str, out_dir: str, pair_policy: st
                          "index_ties": res.index_ties, "judges": len(row["rankings"]),
                          "group_agreement": ga, **({"extra": res.extra} if res.extra else {})})
         for w_, l_ in own_pairs if own_pairs is not None else S.pairs_from_ranking(res.ranking, pair_policy):
-            sup = group_support(row, w_, l_, group_by)
-            cat = pleased_most(sup)
-            cats[cat] += 1
+            sup = group_support(row, w_, l_, groups)
+            cat = pleased_most(sup) if sup else None
+            cats[cat or "none"] += 1
             pair_rows.append({"id": f"{rid}:{w_}>{l_}", "prompt": prompt, "chosen": _message(row["responses"][w_]),
                               "rejected": _message(row["responses"][l_]), "category": cat, "swf": method,
                               "winner": w_, "loser": l_, "support": {g: round(s, 4) for g, (s, _) in sup.items()}})
         top = res.ranking[0]
         mean_pos: dict[str, list] = {}
-        for r in row["rankings"]:
+        for r in row["rankings"] if grouped else ():
             mean_pos.setdefault(str(r["persona"][group_by]), []).append(r["ranking"].index(top))
-        cat = min(mean_pos, key=lambda g: (round(sum(mean_pos[g]) / len(mean_pos[g]), 9), g))
-        sft_cats[cat] += 1
+        cat = min(mean_pos, key=lambda g: (round(sum(mean_pos[g]) / len(mean_pos[g]), 9), g)) if grouped else None
+        sft_cats[cat or "none"] += 1
         sft_rows.append({"id": rid, "prompt": prompt, "completion": _message(row["responses"][top]),
                          "category": cat, "swf": method})
     if not agg_rows:
         raise DataError(f"{rankings_path}: every row was skipped ({dict(sorted(skipped.items()))})")
     summary = {
         "swf": method, "rankings": str(rankings_path), "pair_policy": pair_policy if method != "majority-pair"
-        else "one pair per prompt (majority-pair)", "group_by": group_by, "voter_weights": weights,
+        else "one pair per prompt (majority-pair)", "group_by": group_by if grouped else None,
+        "groups": "per persona." + group_by if grouped else
+        f"none given (no judge has persona.{group_by}): no per-group agreement, pairs without a category",
+        "voter_weights": weights,
         "judge": judge, "seed": seed, "rows_read": n_read,
         "kept": len(agg_rows), "skipped": dict(sorted(skipped.items())), "judge_rankings": judges,
         "pairs": len(pair_rows), "pairs_by_category": dict(sorted(cats.items())),
@@ -257,7 +293,7 @@ def run_aggregate(rankings_path: str, method: str, out_dir: str, pair_policy: st
         "index_ties": index_ties,
         "group_agreement": {g: sum(v) / len(v) for g, v in sorted(group_agree.items())},
     }
-    summary["worst_group_agreement"] = min(summary["group_agreement"].values())
+    summary["worst_group_agreement"] = min(summary["group_agreement"].values()) if grouped else None
 
     def jsonl(items) -> str:
         return "".join(json.dumps(x) + "\n" for x in items)

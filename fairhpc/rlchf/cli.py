@@ -110,8 +110,9 @@ def _aggregate(args) -> int:
     s = run_aggregate(args.rankings, args.swf, args.out, args.pairs, args.group_by, args.voter_weights,
                       args.judge, args.seed, args.bad_rows, args.kemeny_exact_max, args.kemeny_heuristic)
     print(f"{args.swf}: {s['kept']} prompts ({s['skipped'] or 'none skipped'}), {s['pairs']} pairs "
-          f"{s['pairs_by_category']}, {s['exactness']}, index tie-breaks {s['index_ties']}; group agreement "
-          + ", ".join(f"{g} {v:.3f}" for g, v in s["group_agreement"].items()) + f" -> {args.out}")
+          f"{s['pairs_by_category']}, {s['exactness']}, index tie-breaks {s['index_ties']}; "
+          + ("group agreement " + ", ".join(f"{g} {v:.3f}" for g, v in s["group_agreement"].items())
+             if s["group_agreement"] else "groups: " + s["groups"]) + f" -> {args.out}")
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fairhpc.errors import ConfigError, ReportError
+from fairhpc.errors import ConfigError, DataError, ReportError
 
 
 def _tiny_reference(run_cfg, tokenizer, device):
@@ -140,12 +140,15 @@ def run_eval_groups(rankings: str, out_dir: str, policy: str | None = None, rewa
                     device: str = "auto", bad_rows: str = "error", limit: int | None = None) -> dict:
     from fairhpc.evaluation.scoring import write_results
     from fairhpc.io import check_output_dir
-    from fairhpc.rlchf.aggregate import read_rankings
+    from fairhpc.rlchf.aggregate import has_groups, read_rankings
 
     if (policy is None) == (reward_model is None):
         raise ConfigError("give exactly one of --policy (implicit reward against a reference) and --reward-model")
-    check_output_dir(out_dir)
     rows, skipped = read_rankings(rankings, group_by, bad_rows)
+    if not has_groups(rows, group_by):
+        raise DataError(f"{rankings}: no judge has the group field persona.{group_by!r}; per-group agreement "
+                        "needs the judges' groups (set --group-by to a field the personas have)")
+    check_output_dir(out_dir)
     rows = rows[:limit] if limit else rows
     kind = "policy" if policy else "reward"
     scores, ref = candidate_scores(rows, policy or reward_model, kind, reference, batch_size, device)
