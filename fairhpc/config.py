@@ -260,6 +260,9 @@ class PgConfig:
     top_k: int = _f(50, "top-k decoding: sample among the k most likely tokens", range=AT_LEAST_ONE)
     max_new_tokens: int = _f(16, "tokens generated per sample at most", range=AT_LEAST_ONE)
     samples_per_prompt: int = _f(1, "samples generated per prompt", range=AT_LEAST_ONE)
+    fair_groups: str = _f("prompt", "objective.mode fr/fc: the groups whose expected rewards fairness compares "
+                                    "(each prompt's samples, or each data category; docs/pg.md)",
+                          choices=registry.PG_FAIR_GROUPS)
     clip: float = _f(1.0, "offpolicy: the importance weight pi/beta is clipped to [0, clip]; 0 = no clipping",
                      range=NON_NEGATIVE)
     reward_scale: float = _f(1.0, "the reward R enters every update as reward_scale * R", range=FINITE)

@@ -18,10 +18,11 @@ TASKS += ("pair_pm",)
 MODES["pair_pm"] = ("bt", "fr", "fc")
 UTILITY_MODES = ("bt", "dpo", "sft")
 ALL_MODES = ("bt", "dpo", "fr", "fc", "sft")
-# pg: policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py); its objective is pg.algo, so its one
-# mode "pg" is a utility mode without fairness hyperparameters
+# pg: policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py); its update is pg.algo; mode "pg" is the
+# plain update, fr / fc shape each sample's reward by its group's share of the fairness gradient over the
+# groups' expected rewards (fairhpc/pg/fair.py, docs/pg.md)
 TASKS += ("pg",)
-MODES["pg"] = ("pg",)
+MODES["pg"] = ("pg", "fr", "fc")
 # armo: ArmoRM's gating stage on stored embeddings (fairhpc/tasks/armo.py, docs/armo.md); its margin is the
 # difference of the gated, verbosity-decorrelated objective scores
 TASKS += ("armo",)
@@ -96,6 +97,8 @@ PG_ALL_DROPPED = ("keep_best", "error")
 PG_POLICY_INIT = ("pretrained", "random")
 PG_PROMPT_FORMATS = ("chat", "plain")
 PG_REWARD_INPUTS = ("auto", "response", "conversation")
+# the groups whose expected rewards are the allocation of fair policy gradient: each prompt, or each category
+PG_FAIR_GROUPS = ("prompt", "category")
 
 # ArmoRM (fairhpc/armo/, docs/armo.md): the responses on which the verbosity penalties are chosen, and the dtype
 # in which the embed stage stores hidden states

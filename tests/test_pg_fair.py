@@ -8,6 +8,7 @@ off-policy from a uniform behaviour with importance weights; PPO's clipped surro
 gradient as REINFORCE on the same batch).  The tests fail if the fairness term is dropped or its sign flips:
 the exact fair gradient is many standard errors away from the plain one."""
 
+import json
 import math
 
 import pytest
@@ -124,3 +125,81 @@ def test_pg_mode_leaves_rewards_alone_and_stats_are_per_group():
     assert s["factor"][1] == max(s["factor"]) and min(s["factor"]) > 0
     with pytest.raises(ValueError, match="not a policy-gradient mode"):
         fair_rewards(r, grp, "dpo")
+
+
+# ------------------------------------------------------------------------------------------ train-pg
+@pytest.fixture(scope="module")
+def fair_runs(tmp_path_factory):
+    from test_pg_train import BASE
+    from test_train import run_cli
+
+    root = tmp_path_factory.mktemp("pgfair")
+    res = run_cli(["pg-classifier", "--out", str(root / "clf"), "--steps", "150"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = {}
+    common = [f"pg.reward_model={root / 'clf'}", "pg.algo=reinforce", "pg.dropout=none", "train.max_steps=20",
+              "train.eval_steps=20", "train.save_steps=0", "pg.samples_per_prompt=2"]
+    for name, mode in {"pg": ["objective.mode=pg"],
+                       "fr": ["objective.mode=fr", "objective.alpha=1", "objective.tau=-1", "pg.fair_groups=category"],
+                       "fc": ["objective.mode=fc", "objective.gamma=2", "objective.tau=-1"]}.items():
+        out = root / name
+        res = run_cli(["train-pg", "--config", BASE, f"output_dir={out}", *common, *mode])
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+        runs[name] = out
+    return runs
+
+
+@pytest.mark.slow
+def test_fair_modes_train_and_report_groups(fair_runs):
+    from test_train import final_state, read_metrics
+
+    for name, out in fair_runs.items():
+        assert json.loads((out / "summary.json").read_text())["mode"] == name
+        trains = [r for r in read_metrics(out) if r["split"] == "train"]
+        assert len(trains) == 20
+        for r in trains:
+            assert 0 < r["f"] <= 1 and r["worst_group_reward"] <= r["reward"] + 1e-6 <= r["best_group_reward"] + 2e-6
+            assert r["group_gap"] == pytest.approx(r["best_group_reward"] - r["worst_group_reward"], abs=1e-6)
+        ev = [r for r in read_metrics(out) if r["split"] == "eval"][-1]
+        assert set(ev["reward_by_category"]) == {"harmless", "helpful", "honest"}
+        assert ev["worst_category_reward"] == min(ev["reward_by_category"].values())
+    # the same seed: the fairness term is what makes the fair runs' parameters differ from the plain run's
+    a, b, c = (final_state(fair_runs[k]) for k in ("pg", "fr", "fc"))
+    assert any(not torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], c[k]) for k in a)
+    # the first step's rollout is the same in all three (same policy, same draws): same raw rewards
+    first = [next(r for r in read_metrics(fair_runs[k]) if r["split"] == "train") for k in ("pg", "fr", "fc")]
+    assert first[0]["reward"] == pytest.approx(first[1]["reward"]) == pytest.approx(first[2]["reward"])
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["objective.mode=fc", "objective.tau=2"], "objective.tau"),
+    (["objective.mode=fr", "objective.alpha=-1"], "objective.alpha: must be >= 0"),
+    (["objective.mode=fc", "objective.gamma=0"], "objective.gamma: must be > 0"),
+    (["objective.mode=dpo"], "objective.mode: mode 'dpo' is not a pg mode"),
+    (["pg.fair_groups=tenant"], "pg.fair_groups"),
+])
+def test_bad_fair_settings_are_refused_before_compute(tmp_path, override, needle):
+    from test_pg_train import BASE
+    from test_train import run_cli
+
+    out = tmp_path / "o"
+    res = run_cli(["train-pg", "--config", BASE, f"output_dir={out}", "pg.reward_model=/nonexistent", *override])
+    assert res.returncode == 2 and needle in res.stderr, res.stderr[-1500:]
+    assert not (out / "final").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_category_groups_need_categories(tmp_path):
+    from test_pg_train import BASE
+    from test_train import run_cli
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"tell me about item {i}"}) + "\n" for i in range(8)))
+    out = tmp_path / "o"
+    clf = tmp_path / "clf"
+    res = run_cli(["pg-classifier", "--out", str(clf), "--steps", "5"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli(["train-pg", "--config", BASE, f"output_dir={out}", f"pg.reward_model={clf}", f"data.train={data}",
+                   "data.eval=null", "objective.mode=fr", "objective.alpha=1", "pg.fair_groups=category"])
+    assert res.returncode == 2 and "pg.fair_groups: category" in res.stderr and str(data) in res.stderr, \
+        res.stderr[-1500:]
+    assert not (out / "final").exists() and not (out / "metrics.jsonl").exists()

@@ -106,7 +106,10 @@ def _start(out, args):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [["pg.algo=ppo", "pg.ppo_epochs=3", "pg.dropout=adaptive"],
-                                     ["pg.algo=offpolicy", "pg.dropout=random", "pg.dropout_rate=0.5"]])
+                                     ["pg.algo=offpolicy", "pg.dropout=random", "pg.dropout_rate=0.5"],
+                                     ["pg.algo=reinforce", "objective.mode=fr", "objective.alpha=1",
+                                      "objective.tau=-1", "pg.fair_groups=category", "pg.samples_per_prompt=2"]],
+                         ids=["ppo", "offpolicy", "reinforce-fr"])
 def test_kill_and_resume_gives_the_same_final_parameters(classifier, tmp_path, variant):
     args = [f"pg.reward_model={classifier}", *RESUME, *variant]
     full = tmp_path / "full"

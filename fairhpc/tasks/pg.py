@@ -37,7 +37,7 @@ from fairhpc.pg.sampling import generate, join, left_pad
 from fairhpc.tasks.base import Task
 
 METRIC_KEYS = ("loss", "reward", "kept_share", "logp_beta", "logp_pi", "kl", "weight", "clipfrac",
-               "value_loss", "length", "all_dropped")
+               "value_loss", "length", "all_dropped", "f", "worst_group_reward", "best_group_reward", "group_gap")
 EVAL_SEED_OFFSET = 7919  # the evaluation generator's seed is cfg.seed + this (+ rank)
 
 
@@ -95,9 +95,14 @@ class PolicyWithValue(torch.nn.Module):
 class PromptDataset:
     """Tokenized prompts: prompt_ids (cut to data.max_prompt_length on data.truncation_side), index."""
 
-    def __init__(self, prompts: list, tokenizer, cfg):
+    def __init__(self, prompts: list, tokenizer, cfg, categories: list | None = None):
         d, pg = cfg.data, cfg.pg
         self.prompts, self.items, self.truncated = prompts, [], 0
+        cats = categories if categories is not None and any(c is not None for c in categories) else None
+        self.categories = sorted({c for c in cats if c is not None}) if cats else []
+        cat_id = {c: i for i, c in enumerate(self.categories)}
+        # each prompt's category id (-1: none); None when the data has no categories
+        self.category_ids = [cat_id.get(c, -1) for c in cats] if cats else None
         for i, p in enumerate(prompts):
             if pg.prompt_format == "chat":
                 text = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
@@ -116,17 +121,19 @@ class PromptDataset:
         return self.items[i]
 
 
-def load_prompts(cfg, key: str) -> tuple[list, dict]:
-    """Prompts of data.<key>: chat messages (prompt_format chat) or plain strings, and the split's stats."""
+def load_prompts(cfg, key: str) -> tuple[list, dict, list]:
+    """Prompts of data.<key>: chat messages (prompt_format chat) or plain strings, the split's stats and each
+    prompt's category (None where the row has none)."""
     from fairhpc.formats import _text_or_messages, synthetic_examples
     from fairhpc.sources import iter_source
 
     d, pg = cfg.data, cfg.pg
     source = getattr(d, key)
     limit = d.max_train_examples if key == "train" else d.max_eval_examples
-    skipped, out = 0, []
+    skipped, out, cats = 0, [], []
     if source == "synthetic":
-        msgs = [ex.prompt for ex in synthetic_examples(d, "train" if key == "train" else "eval")]
+        exs = synthetic_examples(d, "train" if key == "train" else "eval")
+        msgs, cats = [ex.prompt for ex in exs], [ex.category for ex in exs]
     else:
         msgs = []
         for r in iter_source(source, d.train_split if key == "train" else d.eval_split):
@@ -142,19 +149,24 @@ def load_prompts(cfg, key: str) -> tuple[list, dict]:
                 m = _text_or_messages(r.value[pg.prompt_field], pg.prompt_field, r.where, "user")
                 if not m:
                     raise DataError(f"{r.where}: field {pg.prompt_field!r}: empty prompt", "empty_response")
+                cat = r.value.get("category")
+                if cat is not None and not isinstance(cat, str):
+                    raise DataError(f"{r.where}: field 'category': expected a string, got {cat!r}", "wrong_type")
                 msgs.append(m)
+                cats.append(cat)
             except DataError as e:
                 if d.bad_rows == "error" or e.reason is None:
                     raise
                 skipped += 1
     msgs = msgs[:limit] if limit is not None else msgs
+    cats = cats[:len(msgs)]
     for m in msgs:
         if pg.prompt_words:
             m = [*m[:-1], {**m[-1], "content": " ".join(m[-1]["content"].split()[:pg.prompt_words])}]
         out.append(m if pg.prompt_format == "chat" else "\n\n".join(x["content"] for x in m))
     if not out:
         raise DataError(f"{source}: no prompts for data.{key}")
-    return out, {"source": source, "prompts": len(out), "skipped": skipped}
+    return out, {"source": source, "prompts": len(out), "skipped": skipped}, cats
 
 
 class PolicyGradientTask(Task):
@@ -202,16 +214,21 @@ class PolicyGradientTask(Task):
 
     # ---- data
     def build_datasets(self):
-        d = self.cfg.data
-        train_p, st = load_prompts(self.cfg, "train")
-        train = PromptDataset(train_p, self.tokenizer, self.cfg)
+        d, o = self.cfg.data, self.cfg.objective
+        train_p, st, train_c = load_prompts(self.cfg, "train")
+        train = PromptDataset(train_p, self.tokenizer, self.cfg, train_c)
         st["truncated"] = train.truncated
+        st["categories"] = train.categories
+        if o.mode in ("fr", "fc") and self.cfg.pg.fair_groups == "category" and not train.categories:
+            raise ConfigError(f"pg.fair_groups: category, but the prompts of data.train ({d.train}) have no "
+                              "'category' field; give the rows a category or use pg.fair_groups: prompt")
         stats = {"max_prompt_length": d.max_prompt_length, "train": st}
         ev = None
         if d.eval is not None:
-            eval_p, se = load_prompts(self.cfg, "eval")
-            ev = PromptDataset(eval_p, self.tokenizer, self.cfg)
+            eval_p, se, eval_c = load_prompts(self.cfg, "eval")
+            ev = PromptDataset(eval_p, self.tokenizer, self.cfg, eval_c)
             se["truncated"] = ev.truncated
+            se["categories"] = ev.categories
             stats["eval"] = se
         self.datasets = {"train": train, "eval": ev}
         return train, ev, stats
@@ -358,10 +375,12 @@ class PolicyGradientTask(Task):
         sampler = self.ref if self.sample_from == "behaviour" else policy
         gen = self._step_generator(engine)
         ros = [self._samples(engine, sampler, b, pg.samples_per_prompt, gen) for b in batches]
-        cat = {k: torch.cat([r[k] for r in ros]) for k in ("reward", "logp_beta", "logp_pi")}
+        cat = {k: torch.cat([r[k] for r in ros]) for k in ("reward", "logp_beta", "logp_pi", "index")}
         R, lb, lp = cat["reward"], cat["logp_beta"], cat["logp_pi"]
+        lq = lb if self.sample_from == "behaviour" else lp  # log-prob under the sampler
+        iw = torch.exp(lp - lq) if pg.algo == "offpolicy" else None  # unclipped: the group means' estimator
+        R, fair = self._fair(R, cat["index"], iw)
         if pg.algo == "offpolicy":
-            lq = lb if self.sample_from == "behaviour" else lp  # log-prob under the sampler
             w = core.importance_weights(lp, lq, pg.clip)
             adv = w * (pg.reward_scale * R - lp)
         else:
@@ -378,8 +397,22 @@ class PolicyGradientTask(Task):
             sl = slice(start, start + n)
             start += n
             ro.update(keep=keep[sl], weight=w[sl], adv=adv[sl], scale=G / n_step, dropped=float(dropped),
-                      coef=(adv[sl] * keep[sl]) if pg.algo == "offpolicy" else None)
+                      coef=(adv[sl] * keep[sl]) if pg.algo == "offpolicy" else None, fair=fair)
         self._queue = ros
+
+    def _fair(self, R: torch.Tensor, index: torch.Tensor, weights=None) -> tuple[torch.Tensor, dict]:
+        """The step's rewards shaped by objective.mode (fr / fc; pg: unchanged) over the groups of
+        pg.fair_groups, and the step's group statistics (fairhpc/pg/fair.py).  Groups are taken over this
+        rank's samples of the step; the shaping comes before reward dropout, which then ranks shaped rewards."""
+        from fairhpc.pg.fair import fair_rewards
+
+        o, pg = self.cfg.objective, self.cfg.pg
+        ds = self.datasets["train"]
+        if pg.fair_groups == "category" and ds.category_ids is not None:
+            groups = torch.tensor([ds.category_ids[int(i)] for i in index], device=R.device)
+        else:
+            groups = index.to(R.device)
+        return fair_rewards(R, groups, o.mode, alpha=o.alpha, tau=o.tau, gamma=o.gamma, weights=weights)
 
     # ---- ppo
     def _rollout_path(self, engine, step: int) -> Path:
@@ -426,16 +459,22 @@ class PolicyGradientTask(Task):
         policy = engine.engine.module
         gen = self._step_generator(engine)
         ros = [self._samples(engine, policy, b, pg.samples_per_prompt, gen) for b in batches]
+        shaped, fair = self._fair(torch.cat([ro["reward"] for ro in ros]), torch.cat([ro["index"] for ro in ros]))
+        start = 0
+        for ro in ros:  # ppo: the shaped reward is the last token's reward, before GAE
+            n = ro["reward"].numel()
+            ro["fair_reward"], ro["fair"] = shaped[start:start + n], fair
+            start += n
         for ro in ros:
             lp_tok, v = self._token_terms(policy, ro, grad=False)
             ref_tok = self._ref_token_logps(ro)
             m = ro["resp_mask"].float()
-            rew = core.token_rewards(ro["reward"], lp_tok, ref_tok, m, pg.kl_coef, pg.reward_scale)
+            rew = core.token_rewards(ro["fair_reward"], lp_tok, ref_tok, m, pg.kl_coef, pg.reward_scale)
             adv, ret = core.gae(rew, v, m, pg.gamma, pg.gae_lambda)
             ro.update(old_tok=lp_tok, old_values=v, returns=ret, adv_tok=adv, tok_mask=m)
         # the sample's advantage (dropout signal "advantage") is A at its first response token
         seq_adv = torch.cat([ro["adv_tok"][:, 0] for ro in ros])
-        R = torch.cat([ro["reward"] for ro in ros])
+        R = torch.cat([ro["fair_reward"] for ro in ros])
         lb = torch.cat([ro["logp_beta"] for ro in ros])
         signal = {"R": R, "R+logbeta": pg.reward_scale * R + lb, "advantage": seq_adv}[pg.dropout_signal]
         keep, dropped = self._masks(engine, engine.engine, signal, gen)
@@ -464,7 +503,8 @@ class PolicyGradientTask(Task):
         metrics = {"reward": ro["reward"].mean(), "kept_share": keep.mean(), "logp_beta": ro["logp_beta"].mean(),
                    "logp_pi": ro["logp_pi"].mean(), "kl": (ro["logp_pi"] - ro["logp_beta"]).mean(),
                    "weight": ro["weight"].mean(), "clipfrac": 0.0, "value_loss": 0.0,
-                   "length": ro["length"].mean(), "all_dropped": ro["dropped"]}
+                   "length": ro["length"].mean(), "all_dropped": ro["dropped"],
+                   **{k: ro["fair"][k] for k in ("f", "worst_group_reward", "best_group_reward", "group_gap")}}
         if pg.algo == "ppo":
             lp_tok, values = self._token_terms(model, ro, grad=True)
             m = ro["tok_mask"]
@@ -527,7 +567,26 @@ class PolicyGradientTask(Task):
                "length_mean": sum(r["length"] for r in recs) / n, "examples": n}
         if self._targets:
             out["planted_share"] = sum(r["planted"] for r in recs) / n
+        out.update(self._group_report(recs, dataset))
         return out
+
+    def _group_report(self, recs: list[dict], dataset) -> dict:
+        """Held-out reward per category (where the prompts have categories): the means, the worst and best,
+        their gap and f_tau of their allocation (objective.tau), as the training steps report per group."""
+        from fairhpc.pg.fair import fairness_of
+
+        ids = getattr(dataset, "category_ids", None)
+        if not ids:
+            return {}
+        by: dict[str, list[float]] = {}
+        for r in recs:
+            j = ids[r["index"]]
+            by.setdefault(dataset.categories[j] if j >= 0 else "none", []).append(r["reward"])
+        means = {c: sum(v) / len(v) for c, v in sorted(by.items())}
+        mu = torch.tensor(list(means.values()), dtype=torch.float64)
+        return {"reward_by_category": means, "worst_category_reward": float(mu.min()),
+                "best_category_reward": float(mu.max()), "category_gap": float(mu.max() - mu.min()),
+                "f_category": float(fairness_of(mu, self.cfg.objective.tau))}
 
     def finish(self, engine) -> None:
         """RUN/generations.jsonl: the final policy's held-out generations with reward and likelihoods."""
@@ -548,8 +607,10 @@ class PolicyGradientTask(Task):
 
     # ---- summary.json
     def summary_fields(self) -> dict:
-        pg = self.cfg.pg
-        return {"algo": pg.algo, "sample_from": self.sample_from, "dropout": pg.dropout,
+        pg, o = self.cfg.pg, self.cfg.objective
+        fair = {"alpha": o.alpha, "tau": o.tau, "fair_groups": pg.fair_groups} if o.mode == "fr" else \
+            {"gamma": o.gamma, "tau": o.tau, "fair_groups": pg.fair_groups} if o.mode == "fc" else {}
+        return {"mode": o.mode, **fair, "algo": pg.algo, "sample_from": self.sample_from, "dropout": pg.dropout,
                 "dropout_rate": pg.dropout_rate, "dropout_signal": pg.dropout_signal,
                 "dropout_scope": pg.dropout_scope, "decoding": pg.decoding, "reward_model": pg.reward_model,
                 "target_label": pg.target_label}
