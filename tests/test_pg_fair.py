@@ -203,3 +203,26 @@ def test_category_groups_need_categories(tmp_path):
     assert res.returncode == 2 and "pg.fair_groups: category" in res.stderr and str(data) in res.stderr, \
         res.stderr[-1500:]
     assert not (out / "final").exists() and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_pg_report_adds_the_worst_group_axis(fair_runs, tmp_path):
+    from PIL import Image
+    from test_train import run_cli
+
+    out = tmp_path / "report"
+    res = run_cli(["pg-report", "--runs", *map(str, fair_runs.values()), "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads((out / "pareto.json").read_text())
+    worst = {}
+    for name, run in fair_runs.items():
+        ev = json.loads((run / "summary.json").read_text())["eval"]
+        worst[name] = (ev["reward_mean"], ev["worst_category_reward"])
+    on = {n for n, (x, y) in worst.items()
+          if not any(a >= x and b >= y and (a > x or b > y) for m, (a, b) in worst.items() if m != n)}
+    assert {p["point"] for p in got["points"] if p["on_worst_group_front"]} == on
+    assert {p["point"]: p["mode"] for p in got["points"]} == {"pg": "pg", "fr": "fr", "fc": "fc"}
+    header = (out / "pg_results.csv").read_text().splitlines()[0].split(",")
+    assert "worst_category_reward" in header and "mode" in header
+    w, h = Image.open(out / "pareto.png").size
+    assert w > 1.6 * h  # two panels side by side

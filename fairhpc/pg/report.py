@@ -10,7 +10,9 @@ the share of kept samples per step).  Writes to OUT:
                        front of each (algo, dropout) group (larger = the front lies further out)
     pareto.json        the same numbers, machine-readable
     pareto.png         mean reward vs mean log beta(y) per point (colour: dropout, marker: algo), the initial
-                       policy, and the front of all points (both axes maximised)
+                       policy, and the front of all points (both axes maximised); where the runs report held-out
+                       reward per category (objective.mode fr / fc runs and any run on data with categories), a
+                       second panel: mean reward vs the worst category's mean reward, with its own front
     training.png       held-out reward and likelihood along training, and the kept share per step, per point
 
 Hypervolume: the area dominated by a group's points and bounded below by the reference point (the smallest
@@ -48,7 +50,9 @@ def load_run(run: str | Path) -> dict:
     pg = cfg["pg"]
     return {"run": d.name, "point": re.sub(r"_seed\d+$", "", d.name), "dir": str(d), "seed": cfg.get("seed"),
             "algo": pg["algo"], "dropout": pg["dropout"], "dropout_rate": pg["dropout_rate"],
-            "decoding": pg["decoding"], **{k: ev[k] for k in AXES}, "planted_share": ev.get("planted_share"),
+            "decoding": pg["decoding"], "mode": (cfg.get("objective") or {}).get("mode", "pg"),
+            **{k: ev[k] for k in AXES}, "planted_share": ev.get("planted_share"),
+            "worst_category_reward": ev.get("worst_category_reward"),
             "evals": [r for r in metrics if r.get("split") == "eval"],
             "trains": [r for r in metrics if r.get("split") == "train"]}
 
@@ -79,9 +83,9 @@ def _points(runs: list[dict]) -> list[dict]:
         by.setdefault(r["point"], []).append(r)
     out = []
     for name, rs in sorted(by.items()):
-        p = {k: rs[0][k] for k in ("algo", "dropout", "dropout_rate", "decoding")}
+        p = {k: rs[0][k] for k in ("algo", "dropout", "dropout_rate", "decoding", "mode")}
         p.update(point=name, n_seeds=len(rs), runs=[r["dir"] for r in rs])
-        for k in (*AXES, "planted_share"):
+        for k in (*AXES, "planted_share", "worst_category_reward"):
             vals = [r[k] for r in rs if r[k] is not None]
             p[k] = sum(vals) / len(vals) if vals else None
         kept = [t["kept_share"] for r in rs for t in r["trains"] if "kept_share" in t]
@@ -110,6 +114,10 @@ def report(runs: list[str], out: str | Path) -> dict:
     front = set(pareto_front(xy))
     for i, p in enumerate(points):
         p["on_front"] = i in front
+    if all(p["worst_category_reward"] is not None for p in points):
+        front_w = set(pareto_front([(p["reward_mean"], p["worst_category_reward"]) for p in points]))
+        for i, p in enumerate(points):
+            p["on_worst_group_front"] = i in front_w
     init = _initial(loaded)
     all_xy = xy + ([(init["reward_mean"], init["logp_beta_mean"])] if init else [])
     ref = (min(x for x, _ in all_xy), min(y for _, y in all_xy))
@@ -128,8 +136,10 @@ def report(runs: list[str], out: str | Path) -> dict:
 
 
 def _write_tables(result: dict, out: Path) -> None:
-    cols = ("point", "algo", "dropout", "dropout_rate", "decoding", "n_seeds", "reward_mean", "logp_beta_mean",
-            "planted_share", "kept_share_mean", "on_front")
+    cols = ("point", "mode", "algo", "dropout", "dropout_rate", "decoding", "n_seeds", "reward_mean",
+            "logp_beta_mean", "planted_share", "kept_share_mean", "on_front")
+    if any("on_worst_group_front" in p for p in result["points"]):
+        cols += ("worst_category_reward", "on_worst_group_front")
 
     def cell(v):
         return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -170,7 +180,9 @@ def _plot_pareto(result: dict, path: Path) -> None:
     plt = _plt()
     colors = {"none": "tab:gray", "random": "tab:blue", "quantile": "tab:red", "adaptive": "tab:green"}
     markers = {"offpolicy": "o", "reinforce": "s", "ppo": "^"}
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    worst = [p for p in result["points"] if "on_worst_group_front" in p]
+    fig, axes = plt.subplots(1, 2 if worst else 1, figsize=(13 if worst else 6.5, 4.8), squeeze=False)
+    ax = axes[0][0]
     seen = set()
     for p in result["points"]:
         lab = f"{p['algo']} / {p['dropout']}"
@@ -189,6 +201,23 @@ def _plot_pareto(result: dict, path: Path) -> None:
     ax.set_ylabel("mean log beta(y) (likelihood under the behaviour model)")
     ax.legend(fontsize=7, loc="best")
     ax.set_title("reward vs likelihood (both maximised)")
+    if worst:
+        ax = axes[0][1]
+        mode_colors = {"pg": "tab:gray", "fr": "tab:red", "fc": "tab:blue"}
+        seen = set()
+        for p in worst:
+            lab = f"{p['mode']} / {p['algo']}"
+            ax.scatter(p["reward_mean"], p["worst_category_reward"], c=mode_colors.get(p["mode"], "k"),
+                       marker=markers.get(p["algo"], "x"), s=60 if p["on_worst_group_front"] else 30,
+                       edgecolors="k" if p["on_worst_group_front"] else "none", label=None if lab in seen else lab)
+            seen.add(lab)
+        front = sorted((p for p in worst if p["on_worst_group_front"]), key=lambda p: p["reward_mean"])
+        ax.plot([p["reward_mean"] for p in front], [p["worst_category_reward"] for p in front], "k--", lw=1,
+                label="Pareto front")
+        ax.set_xlabel("mean reward of held-out generations")
+        ax.set_ylabel("worst category's mean reward")
+        ax.legend(fontsize=7, loc="best")
+        ax.set_title("reward vs worst-group reward (both maximised)")
     _save(fig, path)
     plt.close(fig)
 
