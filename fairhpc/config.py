@@ -263,6 +263,8 @@ class PgConfig:
     fair_groups: str = _f("prompt", "objective.mode fr/fc: the groups whose expected rewards fairness compares "
                                     "(each prompt's samples, or each data category; docs/pg.md)",
                           choices=registry.PG_FAIR_GROUPS)
+    category_field: str = _f("category", "data column holding a prompt's category (a string, or an integer "
+                                         "label such as AG News' topic) for pg.fair_groups: category")
     clip: float = _f(1.0, "offpolicy: the importance weight pi/beta is clipped to [0, clip]; 0 = no clipping",
                      range=NON_NEGATIVE)
     reward_scale: float = _f(1.0, "the reward R enters every update as reward_scale * R", range=FINITE)

@@ -149,9 +149,12 @@ def load_prompts(cfg, key: str) -> tuple[list, dict, list]:
                 m = _text_or_messages(r.value[pg.prompt_field], pg.prompt_field, r.where, "user")
                 if not m:
                     raise DataError(f"{r.where}: field {pg.prompt_field!r}: empty prompt", "empty_response")
-                cat = r.value.get("category")
+                cat = r.value.get(pg.category_field)
+                if isinstance(cat, int) and not isinstance(cat, bool):
+                    cat = str(cat)  # an integer label (e.g. a topic id) names its category
                 if cat is not None and not isinstance(cat, str):
-                    raise DataError(f"{r.where}: field 'category': expected a string, got {cat!r}", "wrong_type")
+                    raise DataError(f"{r.where}: field {pg.category_field!r} (pg.category_field): expected a string "
+                                    f"or an integer label, got {cat!r}", "wrong_type")
                 msgs.append(m)
                 cats.append(cat)
             except DataError as e:
@@ -221,7 +224,8 @@ class PolicyGradientTask(Task):
         st["categories"] = train.categories
         if o.mode in ("fr", "fc") and self.cfg.pg.fair_groups == "category" and not train.categories:
             raise ConfigError(f"pg.fair_groups: category, but the prompts of data.train ({d.train}) have no "
-                              "'category' field; give the rows a category or use pg.fair_groups: prompt")
+                              f"{self.cfg.pg.category_field!r} field (pg.category_field); give the rows a "
+                              "category or use pg.fair_groups: prompt")
         stats = {"max_prompt_length": d.max_prompt_length, "train": st}
         ev = None
         if d.eval is not None:
