@@ -41,7 +41,8 @@ rule train:
         launch=launcher("train"),
         hub_env=HUB_ENV,
     shell:
-        'mkdir -p {params.run} && ln -sfn "$PWD/{params.train_log}" {log}; '
+        'mkdir -p {params.run} && ln -sfn "$(cd "$(dirname {params.train_log})" && pwd)/$(basename {params.train_log})" '
+        "{log}; "
         'echo "== attempt {resources.attempt} on $(hostname) at $(date -Is) ==" >> {log}; '
         "export OMP_NUM_THREADS={threads} TOKENIZERS_PARALLELISM=false; {params.hub_env}"
         "{params.launch} fairhpc train-{wildcards.task} --config {input.config} --resume --on-mismatch restart "
