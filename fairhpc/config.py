@@ -263,6 +263,9 @@ class PgConfig:
     fair_groups: str = _f("prompt", "objective.mode fr/fc: the groups whose expected rewards fairness compares "
                                     "(each prompt's samples, or each data category; docs/pg.md)",
                           choices=registry.PG_FAIR_GROUPS)
+    category_reward_scale: str = _f("", "a planted handicap for studying fairness: 'honest=0.3,helpful=0.6' "
+                                        "multiplies the reward of those categories' prompts (training and "
+                                        "evaluation); '' = none")
     category_field: str = _f("category", "data column holding a prompt's category (a string, or an integer "
                                          "label such as AG News' topic) for pg.fair_groups: category")
     clip: float = _f(1.0, "offpolicy: the importance weight pi/beta is clipped to [0, clip]; 0 = no clipping",
@@ -654,6 +657,8 @@ def _validate_cross(cfg: RunConfig) -> None:
         raise _error("model.tiny.num_key_value_heads",
                      f"must divide model.tiny.num_attention_heads ({tiny.num_attention_heads}), "
                      f"got {tiny.num_key_value_heads}")
+    if cfg.task == "pg":
+        parse_category_scale(cfg.pg.category_reward_scale)
     for key in ("train", "eval"):
         src = getattr(d, key)
         if src is None or src == "synthetic" or Path(src).exists():
@@ -661,6 +666,24 @@ def _validate_cross(cfg: RunConfig) -> None:
         if src.endswith(DATA_SUFFIXES) or src.startswith((".", "/", "~")):
             raise _error(f"data.{key}", f"file not found: {src} (expected 'synthetic', an existing "
                                         f"{'/'.join(DATA_SUFFIXES)} file, or a hub dataset name)")
+
+
+def parse_category_scale(text: str) -> dict[str, float]:
+    """``pg.category_reward_scale`` ('cat=factor,...') as {category: factor}; factors finite and > 0."""
+    out: dict[str, float] = {}
+    for item in (x.strip() for x in (text or "").split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            factor = float(value) if sep else math.nan
+        except ValueError:
+            factor = math.nan
+        if not name.strip() or not math.isfinite(factor) or factor <= 0 or name.strip() in out:
+            raise _error("pg.category_reward_scale", f"{item!r} is not CATEGORY=FACTOR with a factor > 0 (each "
+                                                     f"category once), in {text!r}")
+        out[name.strip()] = factor
+    return out
 
 
 # ------------------------------------------------------------------------------------------- environment

@@ -177,6 +177,9 @@ def test_fair_modes_train_and_report_groups(fair_runs):
     (["objective.mode=fc", "objective.gamma=0"], "objective.gamma: must be > 0"),
     (["objective.mode=dpo"], "objective.mode: mode 'dpo' is not a pg mode"),
     (["pg.fair_groups=tenant"], "pg.fair_groups"),
+    (["pg.category_reward_scale=honest=-1"], "pg.category_reward_scale: 'honest=-1' is not CATEGORY=FACTOR"),
+    (["pg.category_reward_scale=honest"], "pg.category_reward_scale: 'honest' is not CATEGORY=FACTOR"),
+    (["pg.category_reward_scale=honest=0.5,honest=2"], "each category once"),
 ])
 def test_bad_fair_settings_are_refused_before_compute(tmp_path, override, needle):
     from test_pg_train import BASE
@@ -203,6 +206,19 @@ def test_category_groups_need_categories(tmp_path):
     assert res.returncode == 2 and "pg.fair_groups: category" in res.stderr and str(data) in res.stderr, \
         res.stderr[-1500:]
     assert not (out / "final").exists() and not (out / "metrics.jsonl").exists()
+    # a handicap for a category the data does not have
+    res = run_cli(["train-pg", "--config", BASE, f"output_dir={out}", f"pg.reward_model={clf}",
+                   "pg.category_reward_scale=honest=0.5,legal=0.3"])
+    assert res.returncode == 2 and "pg.category_reward_scale: legal not among the categories" in res.stderr, \
+        res.stderr[-1500:]
+    assert not (out / "final").exists()
+
+
+def test_category_reward_scale_parses():
+    from fairhpc.config import parse_category_scale
+
+    assert parse_category_scale("") == {} and parse_category_scale("honest=0.3, helpful=2") == {
+        "honest": 0.3, "helpful": 2.0}
 
 
 @pytest.mark.slow

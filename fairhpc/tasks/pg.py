@@ -226,6 +226,13 @@ class PolicyGradientTask(Task):
             raise ConfigError(f"pg.fair_groups: category, but the prompts of data.train ({d.train}) have no "
                               f"{self.cfg.pg.category_field!r} field (pg.category_field); give the rows a "
                               "category or use pg.fair_groups: prompt")
+        from fairhpc.config import parse_category_scale
+
+        self._cat_scale = parse_category_scale(self.cfg.pg.category_reward_scale)
+        unknown = sorted(set(self._cat_scale) - set(train.categories))
+        if unknown:
+            raise ConfigError(f"pg.category_reward_scale: {', '.join(unknown)} not among the categories of "
+                              f"data.train ({', '.join(train.categories) or 'none'})")
         stats = {"max_prompt_length": d.max_prompt_length, "train": st}
         ev = None
         if d.eval is not None:
@@ -302,6 +309,11 @@ class PolicyGradientTask(Task):
                                             skip_special_tokens=True)
         prompts = [self.datasets[split].prompts[int(i)] for i in index]
         reward = self.reward.score(prompts, texts).float()
+        ds = self.datasets[split]
+        if getattr(self, "_cat_scale", None) and ds.category_ids is not None:  # the planted handicap
+            scale = [self._cat_scale.get(ds.categories[ds.category_ids[int(i)]], 1.0)
+                     if ds.category_ids[int(i)] >= 0 else 1.0 for i in index]
+            reward = reward * torch.tensor(scale, dtype=reward.dtype, device=reward.device)
         policy = engine.engine.module
         lp_beta = sequence_logps(self.ref, ids, mask, labels).float()
         lp_pi = sequence_logps(policy, ids, mask, labels).float()
