@@ -13,7 +13,7 @@ from __future__ import annotations
 #   sft      : supervised fine-tuning on target responses (next-token NLL; fairhpc/tasks/sft.py)
 TASKS = ("rm", "dpo", "sft")
 MODES = {"rm": ("bt", "fr", "fc"), "dpo": ("dpo", "fr", "fc"), "sft": ("sft",)}
-# pair_pm: a pairwise preference model (fairhpc/tasks/pair_pm.py; its margin is log P(A>B) - log P(B>A))
+# pair_pm: a pairwise preference model (fairhpc/rewards/pair_pm.py; its margin is log P(A>B) - log P(B>A))
 TASKS += ("pair_pm",)
 MODES["pair_pm"] = ("bt", "fr", "fc")
 UTILITY_MODES = ("bt", "dpo", "sft")
@@ -78,7 +78,7 @@ REPORT_TO = TrackerNames(("none", "tensorboard", "wandb", "mlflow", "csv"))
 # Reward-model heads of `train-rm` (``model.head``): one linear scalar head, or E expert scalar heads mixed by a
 # softmax gate on the last hidden state (fairhpc/models.py, docs/reward_models.md).
 REWARD_HEADS = ("linear", "moe")
-# Kinds of saved reward models the evaluation commands dispatch on (fairhpc/evaluation/kinds.py): read from
+# Kinds of saved reward models the evaluation commands dispatch on (fairhpc/rewards/): read from
 # the marker file fairhpc_model.json of a model directory, else from its config.json.
 MODEL_KINDS = ("scalar", "moe", "pair_pm", "armo")
 # How a pairwise model picks the best of N candidates (`fairhpc best-of-n --pairwise`).
