@@ -6,28 +6,28 @@ The JSON schema, the CLI help, config validation and error messages are all deri
 
 from __future__ import annotations
 
-# Training tasks and the objective modes each accepts (docs/method.md, "The objectives").
+# Training tasks (``fairhpc train-<task>``) and the objective modes each accepts (docs/method.md, "The
+# objectives").
 #   bt / dpo : utility only (Bradley-Terry for reward models, DPO for policies)
 #   fr       : Fairness Regularization, loss = u - alpha * f
 #   fc       : Fairness Coefficient,   loss = u * f ** gamma
 #   sft      : supervised fine-tuning on target responses (next-token NLL; fairhpc/tasks/sft.py)
-TASKS = ("rm", "dpo", "sft")
-MODES = {"rm": ("bt", "fr", "fc"), "dpo": ("dpo", "fr", "fc"), "sft": ("sft",)}
-# pair_pm: a pairwise preference model (fairhpc/rewards/pair_pm.py; its margin is log P(A>B) - log P(B>A))
-TASKS += ("pair_pm",)
-MODES["pair_pm"] = ("bt", "fr", "fc")
-UTILITY_MODES = ("bt", "dpo", "sft")
-ALL_MODES = ("bt", "dpo", "fr", "fc", "sft")
-# pg: policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py); its objective is pg.algo, so its one
-# mode "pg" is a utility mode without fairness hyperparameters
-TASKS += ("pg",)
-MODES["pg"] = ("pg",)
-# armo: ArmoRM's gating stage on stored embeddings (fairhpc/tasks/armo.py, docs/armo.md); its margin is the
-# difference of the gated, verbosity-decorrelated objective scores
-TASKS += ("armo",)
-MODES["armo"] = ("bt", "fr", "fc")
-UTILITY_MODES += ("pg",)
-ALL_MODES += ("pg",)
+#   pg       : policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py); its objective is pg.algo, so
+#              its one mode is a utility mode without fairness hyperparameters
+MODES = {
+    "rm": ("bt", "fr", "fc"),       # a scalar (or moe) reward model (fairhpc/tasks/rm.py)
+    "dpo": ("dpo", "fr", "fc"),     # a policy trained on preferences (fairhpc/tasks/dpo.py)
+    "sft": ("sft",),
+    "pair_pm": ("bt", "fr", "fc"),  # a pairwise preference model (fairhpc/rewards/pair_pm.py; its margin is
+                                    # log P(A>B) - log P(B>A))
+    "pg": ("pg",),
+    "armo": ("bt", "fr", "fc"),     # ArmoRM's gating stage on stored embeddings (fairhpc/tasks/armo.py,
+                                    # docs/armo.md); its margin is the difference of the gated,
+                                    # verbosity-decorrelated objective scores
+}
+TASKS = tuple(MODES)
+UTILITY_MODES = ("bt", "dpo", "sft", "pg")
+ALL_MODES = ("bt", "dpo", "fr", "fc", "sft", "pg")
 
 REDUCTIONS = ("mean", "sum")  # mean: Fair-RM convention; sum: the authors' Fair-DPO (HALOs) convention
 # Where the fairness sums of one loss evaluation come from (docs/method.md, "Scopes"): this rank's micro-batch;
@@ -49,11 +49,8 @@ SCHEDULERS = ("cosine", "linear", "constant")
 
 # Tasks whose held-out evaluation runs inside the training job, with the model it already holds, and the
 # `fairhpc` command it runs there (``fairhpc train-<task> --then-eval "<command> ..."``).  The workflow gives
-# these tasks no evaluation job of their own.
-EVAL_IN_TRAINING = {"rm": "eval-rm"}
-EVAL_IN_TRAINING["pair_pm"] = "eval-rm"
-# armo: ArmoRM's gate (fairhpc/tasks/armo.py); its final model scores through the backbone again
-EVAL_IN_TRAINING["armo"] = "eval-rm"
+# these tasks no evaluation job of their own.  ArmoRM's final model scores through the backbone again.
+EVAL_IN_TRAINING = {"rm": "eval-rm", "pair_pm": "eval-rm", "armo": "eval-rm"}
 # Policy tasks that the workflow evaluates in a job of their own with `fairhpc eval-policy` (generations on the
 # held-out prompts judged by a reward model against a reference policy).
 EVAL_POLICY_TASKS = ("dpo",)
