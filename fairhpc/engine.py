@@ -9,7 +9,8 @@ Outline of :meth:`Engine.__init__` and :meth:`Engine.train`:
   1. tokenizer and data (a bad data file fails before any process group or model exists), then the
      distributed set-up (torchrun / deepspeed / srun env, or a single process), seeds, output dir
   2. the task's model, deepspeed.initialize with the ZeRO config of ``train.zero_stage``
-     (fairhpc/ds_configs/zeroN.json), AdamW and a warmup + cosine schedule counted in optimizer steps
+     (fairhpc/ds_configs/zeroN.json, filled in by fairhpc/ds_config.py), AdamW and a warmup + cosine
+     schedule counted in optimizer steps
   3. the task's own set-up that needs the engine (e.g. outputs of a frozen model computed once)
   4. the loop: task.loss per micro-batch, backward, step; metrics JSONL (also to the experiment trackers of
      ``train.report_to``, fairhpc/tracking.py), tqdm, checkpoints every
@@ -28,7 +29,6 @@ import shutil
 import signal
 import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,13 +37,13 @@ import yaml
 
 from fairhpc import runstate
 from fairhpc.config import RunConfig, to_dict
+from fairhpc.ds_config import build_ds_config
 from fairhpc.errors import ConfigError, FairhpcError
 from fairhpc.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fairhpc.layout import RunDir
 from fairhpc.tracking import Trackers, check_trackers, open_trackers
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the job stopped on a signal after saving a checkpoint
-DS_CONFIG_DIR = Path(__file__).parent / "ds_configs"
 
 
 class Preempted(Exception):
@@ -113,19 +113,6 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> str:
     if p in ("bf16", "fp16") and device.type != "cuda":
         raise ConfigError(f"train.precision: {p} needs a GPU; use fp32 (or auto) on CPU")
     return p
-
-
-def build_ds_config(cfg: RunConfig, precision: str, zero_stage: int | None = None) -> dict:
-    """Fill the 'auto' fields of fairhpc/ds_configs/zero<stage>.json from the run config."""
-    stage = cfg.train.zero_stage if zero_stage is None else zero_stage
-    ds = json.loads((DS_CONFIG_DIR / f"zero{stage}.json").read_text())
-    ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
-    ds["gradient_accumulation_steps"] = cfg.train.grad_accum
-    ds["gradient_clipping"] = cfg.train.max_grad_norm
-    ds["bf16"] = {"enabled": precision == "bf16"}
-    if precision == "fp16":
-        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
-    return ds
 
 
 def lr_lambda(total: int, warmup: int, kind: str):

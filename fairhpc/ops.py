@@ -482,7 +482,7 @@ def _build_ops(args) -> int:
     ds_config = None
     if args.config or args.overrides:
         from fairhpc.config import load_config
-        from fairhpc.engine import build_ds_config
+        from fairhpc.ds_config import build_ds_config
 
         cfg = load_config(args.config, args.overrides)
         ds_config = build_ds_config(cfg, "bf16" if device == "cuda" else "fp32")

@@ -6,29 +6,29 @@ The JSON schema, the CLI help, config validation and error messages are all deri
 
 from __future__ import annotations
 
-# Training tasks and the objective modes each accepts (docs/method.md, "The objectives").
+# Training tasks (``fairhpc train-<task>``) and the objective modes each accepts (docs/method.md, "The
+# objectives").
 #   bt / dpo : utility only (Bradley-Terry for reward models, DPO for policies)
 #   fr       : Fairness Regularization, loss = u - alpha * f
 #   fc       : Fairness Coefficient,   loss = u * f ** gamma
 #   sft      : supervised fine-tuning on target responses (next-token NLL; fairhpc/tasks/sft.py)
-TASKS = ("rm", "dpo", "sft")
-MODES = {"rm": ("bt", "fr", "fc"), "dpo": ("dpo", "fr", "fc"), "sft": ("sft",)}
-# pair_pm: a pairwise preference model (fairhpc/tasks/pair_pm.py; its margin is log P(A>B) - log P(B>A))
-TASKS += ("pair_pm",)
-MODES["pair_pm"] = ("bt", "fr", "fc")
-UTILITY_MODES = ("bt", "dpo", "sft")
-ALL_MODES = ("bt", "dpo", "fr", "fc", "sft")
-# pg: policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py); its update is pg.algo; mode "pg" is the
-# plain update, fr / fc shape each sample's reward by its group's share of the fairness gradient over the
-# groups' expected rewards (fairhpc/pg/fair.py, docs/pg.md)
-TASKS += ("pg",)
-MODES["pg"] = ("pg", "fr", "fc")
-# armo: ArmoRM's gating stage on stored embeddings (fairhpc/tasks/armo.py, docs/armo.md); its margin is the
-# difference of the gated, verbosity-decorrelated objective scores
-TASKS += ("armo",)
-MODES["armo"] = ("bt", "fr", "fc")
-UTILITY_MODES += ("pg",)
-ALL_MODES += ("pg",)
+#   pg       : policy-gradient RLHF with reward dropout (fairhpc/tasks/pg.py): the plain update of pg.algo;
+#              fr / fc there shape each sample's reward by its group's share of the fairness gradient over
+#              the groups' expected rewards (fairhpc/pg/fair.py, docs/pg.md)
+MODES = {
+    "rm": ("bt", "fr", "fc"),       # a scalar (or moe) reward model (fairhpc/tasks/rm.py)
+    "dpo": ("dpo", "fr", "fc"),     # a policy trained on preferences (fairhpc/tasks/dpo.py)
+    "sft": ("sft",),
+    "pair_pm": ("bt", "fr", "fc"),  # a pairwise preference model (fairhpc/rewards/pair_pm.py; its margin is
+                                    # log P(A>B) - log P(B>A))
+    "pg": ("pg", "fr", "fc"),
+    "armo": ("bt", "fr", "fc"),     # ArmoRM's gating stage on stored embeddings (fairhpc/tasks/armo.py,
+                                    # docs/armo.md); its margin is the difference of the gated,
+                                    # verbosity-decorrelated objective scores
+}
+TASKS = tuple(MODES)
+UTILITY_MODES = ("bt", "dpo", "sft", "pg")
+ALL_MODES = ("bt", "dpo", "fr", "fc", "sft", "pg")
 
 REDUCTIONS = ("mean", "sum")  # mean: Fair-RM convention; sum: the authors' Fair-DPO (HALOs) convention
 # Where the fairness sums of one loss evaluation come from (docs/method.md, "Scopes"): this rank's micro-batch;
@@ -50,11 +50,8 @@ SCHEDULERS = ("cosine", "linear", "constant")
 
 # Tasks whose held-out evaluation runs inside the training job, with the model it already holds, and the
 # `fairhpc` command it runs there (``fairhpc train-<task> --then-eval "<command> ..."``).  The workflow gives
-# these tasks no evaluation job of their own.
-EVAL_IN_TRAINING = {"rm": "eval-rm"}
-EVAL_IN_TRAINING["pair_pm"] = "eval-rm"
-# armo: ArmoRM's gate (fairhpc/tasks/armo.py); its final model scores through the backbone again
-EVAL_IN_TRAINING["armo"] = "eval-rm"
+# these tasks no evaluation job of their own.  ArmoRM's final model scores through the backbone again.
+EVAL_IN_TRAINING = {"rm": "eval-rm", "pair_pm": "eval-rm", "armo": "eval-rm"}
 # Policy tasks that the workflow evaluates in a job of their own with `fairhpc eval-policy` (generations on the
 # held-out prompts judged by a reward model against a reference policy).
 EVAL_POLICY_TASKS = ("dpo",)
@@ -79,7 +76,7 @@ REPORT_TO = TrackerNames(("none", "tensorboard", "wandb", "mlflow", "csv"))
 # Reward-model heads of `train-rm` (``model.head``): one linear scalar head, or E expert scalar heads mixed by a
 # softmax gate on the last hidden state (fairhpc/models.py, docs/reward_models.md).
 REWARD_HEADS = ("linear", "moe")
-# Kinds of saved reward models the evaluation commands dispatch on (fairhpc/evaluation/kinds.py): read from
+# Kinds of saved reward models the evaluation commands dispatch on (fairhpc/rewards/): read from
 # the marker file fairhpc_model.json of a model directory, else from its config.json.
 MODEL_KINDS = ("scalar", "moe", "pair_pm", "armo")
 # How a pairwise model picks the best of N candidates (`fairhpc best-of-n --pairwise`).

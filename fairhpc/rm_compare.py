@@ -122,7 +122,7 @@ def load_rm_run(run_dir) -> dict:
     weight per category or None}.  Raises ReportError naming the missing or bad file."""
     import yaml
 
-    from fairhpc.evaluation.kinds import MARKER, read_marker
+    from fairhpc.rewards.base import MARKER, read_marker
 
     run = layout.RunDir(run_dir)
     d = run.root

@@ -173,8 +173,8 @@ def test_gated_model_beats_every_single_objective(stages):
 
 def test_final_dir_loads_as_one_reward_model(stages):
     """load_armo scores texts through the backbone again; the result equals the gate on the stored states."""
-    from fairhpc.armo.model import load_armo
     from fairhpc.config import load_config
+    from fairhpc.rewards.armo import load_armo
     from fairhpc.synthetic import armo_synthetic_rows
 
     final = stages["run"] / "final"

@@ -1,6 +1,6 @@
 """Gated multi-head reward head (``train-rm model.head=moe``, fairhpc/models.py): the gate arithmetic, saving
 and loading with transformers and fairhpc's loaders, a real DeepSpeed run that trains it, and RewardBench /
-Best-of-N scoring of scalar and moe reward models (fairhpc/evaluation/kinds.py)."""
+Best-of-N scoring of scalar and moe reward models (fairhpc/rewards/)."""
 
 import json
 
@@ -174,6 +174,25 @@ def test_rewardbench_scalar_and_moe(rms, tmp_path, kind):
     acc = {s: np.mean([r["correct"] for r in rows if r["category"] == s]) for s in {r["category"] for r in rows}}
     assert summary["rewardbench"]["sections"]["Reasoning"] == pytest.approx(
         (acc["math-prm"] * 984 + acc["hep-python"] * 164) / 1148)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "moe"])
+def test_compare_is_the_difference_of_the_two_responses_rewards(rms, kind):
+    """fairhpc.rewards' compare(prompts, y1, y2) of a scalar-score kind: r(y1) - r(y2), each reward computed
+    here by a plain forward pass of one sequence."""
+    from fairhpc.evaluation.scoring import data_config
+    from fairhpc.rewards import load_model_scorer
+
+    scorer = load_model_scorer(rms[kind], "cpu")
+    prompts = [[{"role": "user", "content": p}] for _, p, _, _ in RB_ROWS]
+    got = scorer.compare(prompts, [c for *_, c, _ in RB_ROWS], [r for *_, r in RB_ROWS], data_config(), 3)
+    for m, (_, p, c, rj) in zip(got, RB_ROWS):
+        if kind == "scalar":
+            want = unbatched_reward(rms[kind], p, c) - unbatched_reward(rms[kind], p, rj)
+        else:
+            want = manual_moe_reward(rms[kind], p, c, 2)[0] - manual_moe_reward(rms[kind], p, rj, 2)[0]
+        assert m == pytest.approx(want, abs=1e-5)
+    assert len(got) == len(RB_ROWS) and np.ptp(got) > 0
 
 
 @pytest.mark.parametrize("kind", ["scalar", "moe"])

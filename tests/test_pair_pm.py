@@ -1,6 +1,6 @@
-"""Pairwise preference model (fairhpc/tasks/pair_pm.py): the template and its tokenization, exact
-antisymmetry, a real DeepSpeed run of `fairhpc train-pair-pm` that learns the synthetic preferences, and
-pairwise scoring in eval-rm, RewardBench and Best-of-N (fairhpc/evaluation/kinds.py)."""
+"""Pairwise preference model (fairhpc/rewards/pair_pm.py, trained by fairhpc/tasks/pair_pm.py): the template
+and its tokenization, exact antisymmetry, a real DeepSpeed run of `fairhpc train-pair-pm` that learns the
+synthetic preferences, and pairwise scoring in eval-rm, RewardBench and Best-of-N (fairhpc/evaluation/kinds.py)."""
 
 import json
 import math
@@ -34,7 +34,7 @@ def policy(tmp_path_factory):
 
 
 def load_pp(final):
-    from fairhpc.evaluation.kinds import load_model_scorer
+    from fairhpc.rewards import load_model_scorer
 
     return load_model_scorer(str(final), "cpu")
 
@@ -50,7 +50,7 @@ def eval_examples(run_dir, n=None):
 
 # ------------------------------------------------------------------------------------------ template
 def test_template_tokens_and_swap():
-    from fairhpc.tasks.pair_pm import PairTokenizer, answer_token_ids, render_pair_text
+    from fairhpc.rewards.pair_pm import PairTokenizer, answer_token_ids, render_pair_text
     from fairhpc.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
@@ -75,7 +75,7 @@ def test_template_tokens_and_swap():
 
 
 def test_margin_is_exactly_antisymmetric():
-    from fairhpc.tasks.pair_pm import pair_margin
+    from fairhpc.rewards.pair_pm import pair_margin
 
     g = torch.Generator().manual_seed(0)
     z_ab, z_ba = torch.randn(1000, generator=g) * 8, torch.randn(1000, generator=g) * 8
@@ -95,7 +95,7 @@ def test_training_margins_are_the_cross_entropy_of_each_order():
     a run can drift into saturated sigmoids and stop learning."""
     from fairhpc.config import FairnessConfig
     from fairhpc.losses import fairness_loss_from_margins
-    from fairhpc.tasks.pair_pm import order_margins, pair_margin
+    from fairhpc.rewards.pair_pm import order_margins, pair_margin
 
     g = torch.Generator().manual_seed(1)
     z_ab, z_ba = torch.randn(64, generator=g, dtype=torch.float64) * 3, torch.randn(64, generator=g).double() * 3
@@ -163,7 +163,7 @@ def test_preference_by_hand_antisymmetry_and_swap(pp_run, tmp_path):
     orders; swapping chosen and rejected in the data flips every preference exactly."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fairhpc.tasks.pair_pm import PairTokenizer, response_text
+    from fairhpc.rewards.pair_pm import PairTokenizer, response_text
 
     rows, _ = read_out(pp_run / "eval")
     cfg, exs = eval_examples(pp_run, 6)
@@ -198,6 +198,23 @@ def test_preference_by_hand_antisymmetry_and_swap(pp_run, tmp_path):
 
 
 @pytest.mark.slow
+
+def test_compare_is_the_pair_margin_of_eval_rm_and_antisymmetric(pp_run):
+    """fairhpc.rewards' compare(prompts, y1, y2) of a pair-pm: log P(y1 > y2) - log P(y2 > y1), the margin
+    eval-rm wrote for the same pairs; swapping y1 and y2 negates it exactly."""
+    from fairhpc.evaluation.scoring import data_config
+    from fairhpc.rewards.pair_pm import response_text
+
+    rows, _ = read_out(pp_run / "eval")
+    cfg, exs = eval_examples(pp_run, 8)
+    scorer = load_pp(pp_run / "final")
+    prompts = [ex.prompt for ex in exs]
+    ch, rj = [response_text(ex.chosen) for ex in exs], [response_text(ex.rejected) for ex in exs]
+    m = scorer.compare(prompts, ch, rj, data_config(cfg), 3)
+    assert m.tolist() == pytest.approx([r["margin"] for r in rows[:8]], abs=1e-5)
+    assert scorer.compare(prompts, rj, ch, data_config(cfg), 5).tolist() == pytest.approx((-m).tolist(), abs=1e-6)
+    assert np.ptp(m) > 0
+
 @pytest.mark.parametrize("mode", ["fr", "fc"])
 def test_fairness_modes_run(tmp_path, mode):
     out = tmp_path / mode
@@ -302,8 +319,9 @@ def test_pairwise_selection_by_enumeration():
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.slow
 def test_pair_pm_asked_for_a_scalar_score(pp_run, policy, tmp_path, capsys):
-    from fairhpc.evaluation.kinds import ScalarScoreError
-    from fairhpc.evaluation.scoring import data_config, load_scorer
+    from fairhpc.evaluation.scoring import data_config
+    from fairhpc.rewards.base import ScalarScoreError
+    from fairhpc.rewards.scalar import load_scorer
 
     final = pp_run / "final"
     out = tmp_path / "o"

@@ -180,6 +180,21 @@ def test_bad_reward_sources_and_all_dropped_random_batches_are_refused_before_an
     assert _task([f"pg.reward_model={classifier}", "pg.target_label=1"]).label == 1  # an index works too
 
 
+@pytest.mark.parametrize("kind, needle", [("pair_pm", "a pairwise preference model"),
+                                          ("armo", "is an ArmoRM directory")])
+def test_reward_models_without_one_sequence_score_are_refused_naming_their_kind(classifier, tmp_path, kind, needle):
+    import shutil
+
+    from fairhpc.config import ConfigError
+
+    model = tmp_path / kind
+    shutil.copytree(classifier, model)
+    (model / "fairhpc_model.json").write_text(json.dumps({"kind": kind}))
+    with pytest.raises(ConfigError, match=needle):
+        _task([f"pg.reward_model={model}", "pg.target_label=1"])
+    assert _task([f"pg.reward_model={classifier}", "pg.target_label=1"]).label == 1
+
+
 def test_cli_exits_2_naming_the_missing_label_and_writes_nothing(classifier, tmp_path):
     out = tmp_path / "x"
     res = run_cli(["train-pg", "--config", BASE, f"output_dir={out}", f"pg.reward_model={classifier}",

@@ -264,8 +264,10 @@ def test_generate_personas(tiny_lm, tmp_path):
 @pytest.mark.slow
 def test_dpo_on_borda_pairs_vs_single_judge(synth, tmp_path):
     from fairhpc.config import load_config
-    from fairhpc.evaluation.scoring import data_config, load_tokenizer_for, score_pairs
+    from fairhpc.evaluation.scoring import data_config
     from fairhpc.formats import load_preferences
+    from fairhpc.rewards.base import load_tokenizer_for
+    from fairhpc.rewards.scalar import score_pairs
     from fairhpc.rlchf.evaluate import _tiny_reference
 
     worst = {}

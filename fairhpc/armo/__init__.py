@@ -11,5 +11,6 @@ Multi-Objective Reward Modeling and Mixture-of-Experts"):
            over the K verbosity-decorrelated objectives; trained on preference pairs with the fairness
            objective (bt, fr, fc)
 
-The final directory loads as one reward model: :func:`fairhpc.armo.model.load_armo`.
+The final directory loads as one reward model: :func:`fairhpc.rewards.armo.load_armo` (the gate and
+the assembled model live in fairhpc/rewards/armo.py).
 """

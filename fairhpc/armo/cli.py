@@ -37,7 +37,7 @@ def cmd_embed(args) -> int:
     if args.shard is not None and not 0 <= args.shard < n:
         raise ConfigError(f"--shard {args.shard}: must be in [0, {n - 1}] for --num-shards {n}")
     out = _embed_out(args, cfg)
-    from fairhpc.evaluation.scoring import resolve_device
+    from fairhpc.rewards.base import resolve_device
 
     emb = Embedder(cfg, out, resolve_device(args.device))   # reads and validates every input first
     print(f"[armo-embed] {len(emb.items)} items ({', '.join(f'{k} {len(v)}' for k, v in emb.inputs.ratings.items())}"

@@ -55,7 +55,7 @@ class Inputs:
     def items(self) -> list[tuple[str, int, str, list[dict], str]]:
         """(split, row, part, prompt, response) in the fixed order of the embeddings: the rated responses of
         ratings_train, ratings_eval, then every pair of pairs_train, pairs_eval as chosen, rejected."""
-        from fairhpc.tasks.pair_pm import response_text
+        from fairhpc.rewards.pair_pm import response_text
 
         out = []
         for split in RATING_SPLITS:
@@ -113,7 +113,7 @@ def parse_rated(row, where: str, objectives: list[str] | None, lo: float, hi: fl
     """(Rated with ratings in ``objectives`` order, {name: value} of the row's ratings) of one row.
 
     ``objectives`` None: the names are still open (the first file decides), every key of ``ratings`` is taken."""
-    from fairhpc.tasks.pair_pm import response_text
+    from fairhpc.rewards.pair_pm import response_text
 
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with prompt, response and ratings, got "

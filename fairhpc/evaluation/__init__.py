@@ -2,7 +2,9 @@
 
     metrics     pure functions on arrays: accuracy with a tie policy, Jain, Gini, Lan f_tau, gaps,
                 Wasserstein distances, length bias, the summary of one reward-model evaluation
-    scoring     batched reward-model scoring of preference pairs and of single responses; model-path checks
+    scoring     per-example rows and summaries of scored pairs, model-path checks, the DPO implicit reward
+                (the reward models themselves, how each kind loads and scores: fairhpc/rewards/)
+    kinds       what a kind adds to the results (gate weights, objectives), pairwise Best-of-N selection
     reward      reward-model evaluation (eval-rm), also run in-process by training: evaluate_reward_model
     benchmarks  RewardBench, CrowS-Pairs, HH-RLHF and BBQ in their official formats
     policy      generation, RM-scored policy evaluation, AlpacaEval export, Best-of-N

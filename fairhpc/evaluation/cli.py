@@ -79,11 +79,12 @@ def cmd_eval_rm(args) -> int:
 def run_eval_rm(args, model=None, tokenizer=None) -> dict:
     """`eval-rm` with parsed arguments.  ``model`` / ``tokenizer``: the reward model already in memory
     (``fairhpc train-rm --then-eval``, ``train-pair-pm --then-eval``), used instead of loading --model; the
-    results are the same.  Every model kind is scored (fairhpc/evaluation/kinds.py): a pair-pm by the
+    results are the same.  Every model kind is scored (fairhpc/rewards/): a pair-pm by the
     preference of each pair, ArmoRM and the moe head with their objective / expert scores and gate weights."""
-    from fairhpc.evaluation.kinds import load_model_scorer, scorer_for_model
     from fairhpc.evaluation.reward import prepare_reward_eval, run_scorer_eval, write_reward_eval
-    from fairhpc.evaluation.scoring import find_run_config, resolve_device
+    from fairhpc.evaluation.scoring import find_run_config
+    from fairhpc.rewards import load_model_scorer, scorer_for_model
+    from fairhpc.rewards.base import resolve_device
 
     _check(args)
     run_cfg = find_run_config(args.model, args.config)
@@ -99,7 +100,9 @@ def run_eval_rm(args, model=None, tokenizer=None) -> dict:
         summary = run_scorer_eval(scorer, spec, args.out)
     else:  # a DPO policy: its implicit reward beta * log(pi / pi_ref)
         from fairhpc.evaluation.policy import load_generator
-        from fairhpc.evaluation.scoring import implicit_rewards, resolve_device, score_pairs
+        from fairhpc.evaluation.scoring import implicit_rewards
+        from fairhpc.rewards.base import resolve_device
+        from fairhpc.rewards.scalar import score_pairs
 
         beta = args.beta if args.beta is not None else (run_cfg.objective.beta if run_cfg is not None else 0.1)
         dev = resolve_device(args.device)
@@ -158,8 +161,9 @@ def cmd_eval_benchmark(args) -> int:
 
 def _score_and_summarize(args, run_cfg, examples, taus):
     """Rows and summary of a reward model of any kind on benchmark pairs (a pair-pm: its preference)."""
-    from fairhpc.evaluation.kinds import attach_extras, load_model_scorer
+    from fairhpc.evaluation.kinds import attach_extras
     from fairhpc.evaluation.scoring import data_config, evaluate_pairs
+    from fairhpc.rewards import load_model_scorer
 
     dcfg = data_config(run_cfg, args.max_length, args.max_prompt_length)
     scorer = load_model_scorer(args.model, args.device)
@@ -174,9 +178,9 @@ def _score_and_summarize(args, run_cfg, examples, taus):
 
 def _crows(args, bm, run_cfg, write_results) -> int:
     from fairhpc.data import PreferenceExample
-    from fairhpc.evaluation.kinds import load_model_scorer
     from fairhpc.evaluation.metrics import to_jsonable
     from fairhpc.evaluation.scoring import data_config
+    from fairhpc.rewards import load_model_scorer
 
     recs = bm.load_crows_pairs(args.data, args.split, args.limit)
     prompt = [{"role": "user", "content": args.prompt}]
@@ -206,7 +210,7 @@ def _crows(args, bm, run_cfg, write_results) -> int:
 def _bbq(args, bm, write_results) -> int:
     from fairhpc.evaluation.metrics import to_jsonable
     from fairhpc.evaluation.policy import bbq_predict, load_generator
-    from fairhpc.evaluation.scoring import resolve_device
+    from fairhpc.rewards.base import resolve_device
 
     items = bm.load_bbq(args.data, args.limit)
     dev = resolve_device(args.device)
@@ -234,7 +238,6 @@ def _bbq(args, bm, write_results) -> int:
 
 # ------------------------------------------------------------------------------------- eval-policy
 def cmd_eval_policy(args) -> int:
-    from fairhpc.evaluation.kinds import load_model_scorer, require_scalar
     from fairhpc.evaluation.metrics import to_jsonable
     from fairhpc.evaluation.policy import (
         generate,
@@ -251,10 +254,11 @@ def cmd_eval_policy(args) -> int:
         evaluate_pairs,
         find_run_config,
         implicit_rewards,
-        resolve_device,
-        score_pairs,
         write_results,
     )
+    from fairhpc.rewards import load_model_scorer
+    from fairhpc.rewards.base import require_scalar, resolve_device
+    from fairhpc.rewards.scalar import score_pairs
 
     _check(args)
     require_scalar(args.reward_model, "--reward-model", "eval-policy scores each generated response")
@@ -322,15 +326,7 @@ def cmd_eval_policy(args) -> int:
 def cmd_best_of_n(args) -> int:
     import numpy as np
 
-    from fairhpc.evaluation.kinds import (
-        detect_kind,
-        load_model_scorer,
-        pairwise_best_of_n_curve,
-        require_scalar,
-        select_all,
-        win_counts,
-        win_rates,
-    )
+    from fairhpc.evaluation.kinds import pairwise_best_of_n_curve, select_all, win_counts, win_rates
     from fairhpc.evaluation.metrics import to_jsonable
     from fairhpc.evaluation.policy import (
         best_of_n_curve,
@@ -342,7 +338,9 @@ def cmd_best_of_n(args) -> int:
         plot_best_of_n,
         true_quality,
     )
-    from fairhpc.evaluation.scoring import data_config, find_run_config, resolve_device, write_results
+    from fairhpc.evaluation.scoring import data_config, find_run_config, write_results
+    from fairhpc.rewards import load_model_scorer
+    from fairhpc.rewards.base import detect_kind, require_scalar, resolve_device
 
     ns = parse_ns(args.ns, args.n_max)
     _check(args)

@@ -25,8 +25,8 @@ from fairhpc.evaluation.metrics import describe, spearman, to_jsonable
 
 def load_generator(path: str, device="auto"):
     """(causal LM in eval mode on ``device`` ("auto", "cpu", a torch.device, ...), its tokenizer)."""
-    from fairhpc.evaluation.scoring import eval_dtype, load_tokenizer_for, resolve_device
     from fairhpc.models import load_policy
+    from fairhpc.rewards.base import eval_dtype, load_tokenizer_for, resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device
     tok = load_tokenizer_for(path)

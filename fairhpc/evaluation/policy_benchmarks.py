@@ -107,7 +107,7 @@ def _read_records(path: Path) -> list[dict]:
 
 def _generator(policy: str, device: str):
     from fairhpc.evaluation.policy import load_generator
-    from fairhpc.evaluation.scoring import resolve_device
+    from fairhpc.rewards.base import resolve_device
 
     if not Path(policy).exists() and not ("/" in policy and not policy.startswith((".", "/"))):
         raise ConfigError(f"--policy: no model at {policy}")
@@ -441,7 +441,7 @@ class LocalJudge:
                  max_context: int | None = None):
         from fastchat.model import load_model
 
-        from fairhpc.evaluation.scoring import resolve_device
+        from fairhpc.rewards.base import resolve_device
 
         self.device = str(resolve_device(device))
         self.path = str(path)
@@ -604,7 +604,7 @@ def run_lm_eval(model_path: str, tasks: list[str], out_dir: str, include_path: s
     lm_eval = require("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from fairhpc.evaluation.scoring import resolve_device
+    from fairhpc.rewards.base import resolve_device
 
     if not tasks:
         raise ConfigError("lm_eval tasks: empty task list")
@@ -619,7 +619,7 @@ def run_lm_eval(model_path: str, tasks: list[str], out_dir: str, include_path: s
                           + ("" if include_path else " (local task YAMLs need --include-path)"))
     dev = str(resolve_device(device))
     if dtype == "auto":
-        from fairhpc.evaluation.scoring import eval_dtype
+        from fairhpc.rewards.base import eval_dtype
 
         dtype = str(eval_dtype(dev)).replace("torch.", "")
     t0 = time.time()

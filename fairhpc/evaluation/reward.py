@@ -15,13 +15,8 @@ from pathlib import Path
 
 from fairhpc import layout
 from fairhpc.errors import ConfigError
-from fairhpc.evaluation.scoring import (
-    PairScores,
-    data_config,
-    evaluate_pairs,
-    load_examples,
-    write_results,
-)
+from fairhpc.evaluation.scoring import data_config, evaluate_pairs, load_examples, write_results
+from fairhpc.rewards.base import PairScores
 
 
 def parse_taus(taus: str | Sequence[float] | None, run_cfg=None) -> list[float]:
@@ -99,7 +94,7 @@ def run_reward_eval(model, tokenizer, spec: RewardEval, out_dir, device=None) ->
     pairwise preference model, on ``device``, default: where its parameters are) and write
     OUT/per_example.jsonl and OUT/summary.json.  The model is put in eval mode for the pass and back in its
     previous mode after.  Returns the summary."""
-    from fairhpc.evaluation.kinds import scorer_for_model
+    from fairhpc.rewards import scorer_for_model
 
     dev = device if device is not None else next(model.parameters()).device
     return run_scorer_eval(scorer_for_model(model, tokenizer, dev, spec.record["model"]), spec, out_dir)

@@ -1,16 +1,11 @@
-"""Batched scoring of preference pairs and of single responses, on GPU or CPU: reward-model rewards,
-and causal-LM log-probs for the DPO implicit reward beta * log(pi / pi_ref).
-
-Sequences are tokenized exactly as for training (:func:`fairhpc.data.tokenize_example`: the chat template,
-``data.max_length`` and the truncation side of the run config), sorted by length so that a batch pads
-little, scored with :func:`fairhpc.models.sequence_rewards` / :func:`~fairhpc.models.sequence_logps` under
-``torch.no_grad`` and put back in order.  A response's length is its number of label tokens (after
-truncation).  Bad command-line values raise ConfigError (the CLI's exit code 2).
+"""Reward-model evaluation on preference pairs: model-path checks, the run config's data settings, the
+evaluation sources, per-example rows and summaries, the DPO implicit reward beta * log(pi / pi_ref), and the
+result files.  Scoring itself (batched rewards of pairs and of single responses, devices) is the reward
+model's (fairhpc/rewards/).  Bad command-line values raise ConfigError (the CLI's exit code 2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +14,12 @@ from fairhpc import layout
 from fairhpc.errors import ConfigError, DataError, ModelPathError
 from fairhpc.evaluation import TIE_POLICIES
 from fairhpc.evaluation.metrics import summarize_pairs, to_jsonable
+from fairhpc.rewards.base import PairScores
 from fairhpc.sources import is_local_path
 
 # Files a save_pretrained directory holds: a config, weights in one of these forms, and a tokenizer.
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
-def eval_dtype(device):
-    """bf16 on a GPU that supports it (as in training), float32 otherwise."""
-    import torch
-
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def check_model_path(path: str, option: str = "--model") -> None:
@@ -60,7 +33,7 @@ def check_model_path(path: str, option: str = "--model") -> None:
     if not p.is_dir():
         raise ModelPathError(f"{option} {path}: not a directory (expected a save_pretrained model directory "
                              f"such as RUN/{layout.FINAL})")
-    from fairhpc.evaluation.kinds import read_marker
+    from fairhpc.rewards.base import read_marker
 
     marker = read_marker(p)
     if marker is not None and marker["kind"] == "armo":  # its own layout, checked by its loader
@@ -76,29 +49,6 @@ def check_model_path(path: str, option: str = "--model") -> None:
         what = "empty" if not any(p.iterdir()) else f"no {', no '.join(missing)}"
         raise ModelPathError(f"{option} {path}: not a model directory ({what}; expected a save_pretrained "
                              f"directory such as RUN/{layout.FINAL})")
-
-
-def load_tokenizer_for(path: str):
-    """The tokenizer saved with a model (``final/`` holds one), with the project's pad/template fallbacks."""
-    from fairhpc.config import ModelConfig
-    from fairhpc.tokenizer import load_tokenizer
-
-    return load_tokenizer(ModelConfig(name_or_path=str(path)))
-
-
-def load_scorer(path: str, device: str = "auto"):
-    """(reward model in eval mode on ``device``, its tokenizer, device) of a sequence-classification reward
-    model (kinds scalar and moe); other kinds load through fairhpc.evaluation.kinds.load_model_scorer."""
-    from fairhpc.evaluation.kinds import require_scalar
-    from fairhpc.models import load_reward_model
-
-    if require_scalar(path, "reward model", "it was loaded as a scalar reward model") == "armo":
-        raise ConfigError(f"reward model {path}: an ArmoRM directory; load it with "
-                          "fairhpc.evaluation.kinds.load_model_scorer")
-    dev = resolve_device(device)
-    tok = load_tokenizer_for(path)
-    model = load_reward_model(str(path), dtype=eval_dtype(dev), tokenizer=tok).to(dev).eval()
-    return model, tok, dev
 
 
 def find_run_config(model_dir: str | None, explicit: str | None = None):
@@ -137,105 +87,12 @@ def data_config(run_cfg=None, max_length: int | None = None, max_prompt_length: 
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def score_sequences(model, sequences: list[list[int]], pad_id: int, batch_size: int, device,
-                    desc: str = "scoring", labels: list[list[int]] | None = None) -> np.ndarray:
-    """[N] float64 scores of token sequences, in length-sorted batches (right padding).
-
-    Without ``labels``: the reward model's scalar reward of each sequence.  With ``labels`` (-100 on
-    tokens not to count): the causal LM's summed log-probability of the labelled tokens.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from fairhpc.models import sequence_logps, sequence_rewards
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    n = len(sequences)
-    out = np.empty(n, dtype=np.float64)
-    order = sorted(range(n), key=lambda i: len(sequences[i]), reverse=True)  # longest first: OOM shows early
-    with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=n == 0):
-            idx = order[start:start + batch_size]
-            width = max(len(sequences[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            lab = torch.full((len(idx), width), -100, dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq = sequences[i]
-                ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-                mask[row, :len(seq)] = 1
-                if labels is not None:
-                    lab[row, :len(seq)] = torch.as_tensor(labels[i], dtype=torch.long)
-            if labels is None:
-                r = sequence_rewards(model, ids.to(device), mask.to(device))
-            else:
-                r = sequence_logps(model, ids.to(device), mask.to(device), lab.to(device))
-            out[idx] = r.detach().double().cpu().numpy()
-    return out
-
-
-def _response_length(labels: list[int]) -> int:
-    return sum(1 for t in labels if t != -100)
-
-
-def tokenize_pairs(examples: list, tokenizer, data_cfg) -> list[dict]:
-    from fairhpc.data import tokenize_example
-
-    return [tokenize_example(ex, tokenizer, data_cfg.max_length, data_cfg.max_prompt_length,
-                             data_cfg.truncation_side) for ex in examples]
-
-
-@dataclass
-class PairScores:
-    chosen: np.ndarray           # [n] r(prompt, chosen)
-    rejected: np.ndarray         # [n] r(prompt, rejected)
-    chosen_length: np.ndarray    # [n] response tokens scored
-    rejected_length: np.ndarray
-
-    @property
-    def margin(self) -> np.ndarray:
-        return self.chosen - self.rejected
-
-
-def score_pairs(model, tokenizer, examples: list, data_cfg, batch_size: int, device,
-                desc: str = "scoring pairs", logps: bool = False) -> PairScores:
-    """Both responses of every PreferenceExample, in one length-sorted pass over 2n sequences:
-    a reward model's rewards, or (``logps``) a causal LM's summed response log-probs log pi(y | x)."""
-    toks = tokenize_pairs(examples, tokenizer, data_cfg)
-    seqs = [t["chosen_input_ids"] for t in toks] + [t["rejected_input_ids"] for t in toks]
-    labels = [t["chosen_labels"] for t in toks] + [t["rejected_labels"] for t in toks] if logps else None
-    r = score_sequences(model, seqs, tokenizer.pad_token_id, batch_size, device, desc, labels)
-    n = len(toks)
-    return PairScores(r[:n], r[n:],
-                      np.array([_response_length(t["chosen_labels"]) for t in toks], dtype=np.int64),
-                      np.array([_response_length(t["rejected_labels"]) for t in toks], dtype=np.int64))
-
-
 def implicit_rewards(policy_lp: PairScores, reference_lp: PairScores, beta: float) -> PairScores:
     """DPO implicit rewards r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) of both responses, so that
     r(chosen) - r(rejected) is exactly the DPO margin the training objective allocates (docs/method.md)."""
     return PairScores(beta * (policy_lp.chosen - reference_lp.chosen),
                       beta * (policy_lp.rejected - reference_lp.rejected),
                       policy_lp.chosen_length, policy_lp.rejected_length)
-
-
-def score_responses(model, tokenizer, prompts: list[list[dict]], responses: list[str], data_cfg,
-                    batch_size: int, device, desc: str = "scoring responses") -> tuple[np.ndarray, np.ndarray]:
-    """([N] rewards, [N] response lengths in tokens) of single assistant responses to their prompts."""
-    from fairhpc.data import PreferenceExample
-
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    # through tokenize_example (the training tokenization) as a pair whose second response is unused
-    exs = [PreferenceExample(prompt=p, chosen=[{"role": "assistant", "content": r}],
-                             rejected=[{"role": "assistant", "content": r}], category=None,
-                             source=f"response {i}", meta={})
-           for i, (p, r) in enumerate(zip(prompts, responses))]
-    toks = tokenize_pairs(exs, tokenizer, data_cfg)
-    rewards = score_sequences(model, [t["chosen_input_ids"] for t in toks], tokenizer.pad_token_id,
-                              batch_size, device, desc)
-    return rewards, np.array([_response_length(t["chosen_labels"]) for t in toks], dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------- examples

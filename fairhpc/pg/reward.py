@@ -7,8 +7,10 @@
   synthetic task's classifier of ``fairhpc pg-classifier``): R = softmax(logits)[target_label], read from
   the response text alone by default (the paper's sentiment and topic rewards).
 
-:func:`check_reward_source` reads only the model's config.json, so a bad setting fails before any model is
-built; a classifier without the target label is refused naming the label and the labels it has.
+:func:`check_reward_source` reads only the model's config.json and its kind (fairhpc/rewards/), so a bad
+setting fails before any model is built; a classifier without the target label is refused naming the label
+and the labels it has, and a pairwise preference model or an ArmoRM directory, which fairhpc/rewards/ scores
+otherwise, is refused naming its kind.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def check_reward_source(pg) -> int | None:
                           "final/), a sequence classifier, or train the synthetic task's classifier with "
                           "`fairhpc pg-classifier --out DIR` (docs/pg.md)")
     check_model_path("pg.reward_model", pg.reward_model)
+    from fairhpc.rewards import require_scalar
+
+    kind = require_scalar(pg.reward_model, "pg.reward_model", "policy gradient needs one reward per response")
+    if kind == "armo":
+        raise ConfigError(f"pg.reward_model: {pg.reward_model} is an ArmoRM directory; policy gradient reads a "
+                          "sequence classifier (a train-rm run's final/ or a label classifier)")
     try:
         config = AutoConfig.from_pretrained(pg.reward_model)
     except OSError as e:

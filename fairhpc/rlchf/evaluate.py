@@ -42,8 +42,9 @@ def _tiny_reference(run_cfg, tokenizer, device):
 
 def load_reference(policy: str, reference: str | None, device):
     """(reference model, where it came from) for a policy: --reference, else the run's reference."""
-    from fairhpc.evaluation.scoring import check_model_path, find_run_config, load_tokenizer_for
+    from fairhpc.evaluation.scoring import check_model_path, find_run_config
     from fairhpc.models import load_policy
+    from fairhpc.rewards.base import load_tokenizer_for
 
     if reference:
         check_model_path(reference, "--reference")
@@ -63,17 +64,10 @@ def candidate_scores(rows: list[dict], model_path: str, kind: str, reference: st
                      max_prompt_length: int | None = None) -> tuple[list[list[float]], str | None]:
     """[rows][K] scores of every candidate: implicit reward (kind "policy") or reward (kind "reward")."""
     from fairhpc.data import PreferenceExample
-    from fairhpc.evaluation.scoring import (
-        check_model_path,
-        data_config,
-        find_run_config,
-        load_scorer,
-        load_tokenizer_for,
-        resolve_device,
-        score_sequences,
-        tokenize_pairs,
-    )
+    from fairhpc.evaluation.scoring import check_model_path, data_config, find_run_config
     from fairhpc.models import load_policy
+    from fairhpc.rewards.base import load_tokenizer_for, resolve_device
+    from fairhpc.rewards.scalar import load_scorer, score_sequences, tokenize_pairs
 
     check_model_path(model_path, "--policy" if kind == "policy" else "--reward-model")
     dev = resolve_device(device)

@@ -112,7 +112,8 @@ def policy_candidates(prompts: list[dict], model_path: str, k: int, temperature:
     """(rows, prompts dropped) of K samples per prompt from a causal LM (batched, seeded); ``prompts`` are rows
     with id, prompt.  A prompt with an empty sample (EOS at once) is dropped and counted: judges rank text."""
     from fairhpc.evaluation.policy import generate, load_generator
-    from fairhpc.evaluation.scoring import check_model_path, resolve_device
+    from fairhpc.evaluation.scoring import check_model_path
+    from fairhpc.rewards.base import resolve_device
 
     if k < 3:
         raise ConfigError(f"--k: {k} candidates; RLCHF ranks K >= 3 responses per prompt")
@@ -200,7 +201,7 @@ class ModelJudge:
 
     def rank_rows(self, rows: list[dict], personas: list[dict]):
         from fairhpc.evaluation.policy import generate, load_generator
-        from fairhpc.evaluation.scoring import resolve_device
+        from fairhpc.rewards.base import resolve_device
         from fairhpc.rlchf.parse import parse_ranking
 
         dev = resolve_device(self.device)

@@ -124,7 +124,8 @@ def generate_personas(seed_personas: list[dict], n: int, model_path: str, seed: 
     ``seed``); returns (personas, number of empty generations dropped).  New rows carry ``id`` gen<i>,
     ``persona`` and ``seed_personas`` (the ids shown); attributes are unknown and left out."""
     from fairhpc.evaluation.policy import generate, load_generator
-    from fairhpc.evaluation.scoring import check_model_path, resolve_device
+    from fairhpc.evaluation.scoring import check_model_path
+    from fairhpc.rewards.base import resolve_device
 
     check_model_path(model_path, "--model")
     rng = random.Random(seed)

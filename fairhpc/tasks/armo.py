@@ -1,12 +1,12 @@
 """ArmoRM's gating stage (``fairhpc train-armo``): an MLP on the prompt's backbone state weights K
-verbosity-decorrelated objective scores (fairhpc/armo/model.py); the margin score(chosen) - score(rejected)
+verbosity-decorrelated objective scores (fairhpc/rewards/armo.py); the margin score(chosen) - score(rejected)
 feeds the Bradley-Terry utility and the fairness objective (bt, fr, fc; docs/method.md).
 
 It trains on stored states only (``armo.embeddings`` from ``fairhpc armo-embed``, ``armo.regression`` from
 ``fairhpc armo-regress``), so a step costs a few small matrix products.  The verbosity penalties are chosen once,
 before training, on the reference responses (``armo.reference``).  The final directory holds the gate, the
 regression and (tiny) the backbone plus fairhpc_model.json of kind armo: ``fairhpc eval-rm``, RewardBench and
-best-of-n load it with :func:`fairhpc.armo.model.load_armo` and run the backbone again (docs/armo.md).
+best-of-n load it with :func:`fairhpc.rewards.armo.load_armo` and run the backbone again (docs/armo.md).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class ArmoTask(PreferenceTask):
         import numpy as np
 
         from fairhpc.armo.embed import backbone_ident, load_embeddings
-        from fairhpc.armo.model import verbosity_penalties
         from fairhpc.armo.regress import load_regression
+        from fairhpc.rewards.armo import verbosity_penalties
 
         a = self.cfg.armo
         tensors, info = load_embeddings(a.embeddings)
@@ -107,7 +107,7 @@ class ArmoTask(PreferenceTask):
 
     # ---- model
     def build_model(self, engine):
-        from fairhpc.armo.model import ArmoGate
+        from fairhpc.rewards.armo import ArmoGate
 
         a = self.cfg.armo
         gate = ArmoGate(self.info["hidden_size"], self.names, a.gate_hidden, a.gate_layers, a.gate_dropout,
@@ -163,7 +163,7 @@ class ArmoTask(PreferenceTask):
         if engine.is_main:
             from fairhpc.armo.embed import BACKBONE_DIR
             from fairhpc.armo.regress import REGRESSION
-            from fairhpc.evaluation.kinds import write_marker
+            from fairhpc.rewards.base import write_marker
 
             final = Path(engine.run.final)
             a = self.cfg.armo

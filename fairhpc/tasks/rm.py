@@ -46,13 +46,13 @@ class RewardModelTask(PreferenceTask):
         return chosen - rejected
 
     def finish(self, engine) -> None:
-        """A moe head also marks final/ with fairhpc_model.json (kind moe; fairhpc/evaluation/kinds.py)."""
+        """A moe head also marks final/ with fairhpc_model.json (kind moe; fairhpc/rewards/base.py)."""
         import torch.distributed as dist
 
         m = self.cfg.model
         if m.head == "moe":
             if engine.is_main:
-                from fairhpc.evaluation.kinds import write_marker
+                from fairhpc.rewards.base import write_marker
 
                 write_marker(engine.run.final, {"kind": "moe", "experts": m.moe_experts})
             dist.barrier()

@@ -1,4 +1,4 @@
-"""ArmoRM's gate and the assembled reward model.
+"""ArmoRM (kind armo): its gate, the assembled reward model and its scorer.
 
 Scoring one (prompt, response) with backbone states p (prompt end) and z (response end), regression W, b:
 
@@ -15,7 +15,8 @@ as not decorrelated.
 
 A trained model directory (RUN/final) holds armo_gate.safetensors (the MLP, the scale, W, b and lambda),
 armo_gate.json, the tokenizer, regression.safetensors (a copy of the input), backbone/ for a tiny backbone,
-and fairhpc_model.json ``{"kind": "armo", "backbone": ..., ...}``; :func:`load_armo` loads it as one model.
+and fairhpc_model.json ``{"kind": "armo", "backbone": ..., ...}``; :func:`load_armo` loads it as one model,
+:class:`ArmoScorer` scores with it.  The pipeline that trains it (embed, regress) is fairhpc/armo/.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fairhpc.rewards.base import PairScores, Scorer, read_marker
 
 GATE_WEIGHTS = "armo_gate.safetensors"
 GATE_CONFIG = "armo_gate.json"
@@ -146,7 +149,7 @@ class ArmoRewardModel:
         """prompts: message lists (or strings, one user turn); responses: strings (or assistant message lists).
         Returns score [B], objectives [B, K] (regressed ratings), decorrelated [B, K], gate [B, K], names."""
         from fairhpc.armo.embed import embed_texts
-        from fairhpc.tasks.pair_pm import response_text
+        from fairhpc.rewards.pair_pm import response_text
 
         ps = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
         rs = [r if isinstance(r, str) else response_text(list(r)) for r in responses]
@@ -166,7 +169,6 @@ def load_armo(path, device="cpu") -> ArmoRewardModel:
 
     from fairhpc.config import ModelConfig
     from fairhpc.errors import ModelPathError
-    from fairhpc.evaluation.kinds import read_marker
     from fairhpc.tokenizer import load_tokenizer
 
     root = Path(str(path)).expanduser()
@@ -185,3 +187,53 @@ def load_armo(path, device="cpu") -> ArmoRewardModel:
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(root)))
     gate = ArmoGate.from_pretrained(root).to(device)
     return ArmoRewardModel(backbone, tokenizer, gate, info, device)
+
+
+class ArmoScorer(Scorer):
+    """ArmoRM (:class:`ArmoRewardModel`): ``score_texts(prompts, responses)`` gives the score, the K objective scores,
+    the gate weights and the objectives' names."""
+
+    kind = "armo"
+
+    def __init__(self, model, device, name: str):
+        super().__init__(name, device)
+        self.model = model
+
+    def _score(self, prompts, responses, batch_size: int, desc: str) -> dict:
+        from tqdm.auto import tqdm
+
+        parts: dict = {"score": [], "objectives": [], "gate": []}
+        names = None
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not prompts):
+            out = self.model.score_texts(list(prompts[start:start + batch_size]),
+                                         list(responses[start:start + batch_size]))
+            names = list(out["names"])
+            for k, acc in parts.items():
+                v = out[k]
+                acc.append(np.asarray(v.detach().double().cpu() if hasattr(v, "detach") else v, dtype=np.float64))
+        res = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
+        res["names"] = names or []
+        return res
+
+    def _lengths(self, texts: list[str]) -> np.ndarray:
+        tok = getattr(self.model, "tokenizer", None)
+        if tok is not None:
+            return np.array([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts], dtype=np.int64)
+        return np.array([len(t.split()) for t in texts], dtype=np.int64)
+
+    def score_pairs(self, examples, data_cfg, batch_size: int, desc: str = "scoring pairs"):
+        from fairhpc.rewards.pair_pm import response_text
+
+        ch = [response_text(ex.chosen) for ex in examples]
+        rj = [response_text(ex.rejected) for ex in examples]
+        prompts = [ex.prompt for ex in examples]
+        c = self._score(prompts, ch, batch_size, f"{desc} (chosen)")
+        r = self._score(prompts, rj, batch_size, f"{desc} (rejected)")
+        scores = PairScores(c["score"], r["score"], self._lengths(ch), self._lengths(rj))
+        extras = {"objectives": {"names": c["names"], "chosen": c["objectives"], "rejected": r["objectives"]},
+                  "gate": {"names": c["names"], "chosen": c["gate"], "rejected": r["gate"]}}
+        return scores, extras
+
+    def score_responses(self, prompts, responses, data_cfg, batch_size: int, desc: str = "scoring responses"):
+        s = self._score(list(prompts), list(responses), batch_size, desc)
+        return s["score"], self._lengths(list(responses))
