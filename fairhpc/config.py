@@ -19,7 +19,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from fairhpc import registry
+from fairhpc import registry, yamlio
 from fairhpc.errors import ConfigError  # re-exported: ``from fairhpc.config import ConfigError``
 from fairhpc.sources import DATA_SUFFIXES
 
@@ -454,7 +454,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. objective.mode=fr")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yamlio.loads(raw, f"override {item!r}") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -486,8 +486,9 @@ def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def _yaml_key_lines(text: str) -> dict[str, int]:
-    """``{"train.lr": 12, ...}``: the 1-based line of every key of a YAML mapping (from the composer's marks)."""
+def _yaml_key_lines(text: str, source: str = "<yaml>") -> dict[str, int]:
+    """``{"train.lr": 12, ...}``: the 1-based line of every key of a YAML mapping (from the composer's marks).
+    A repeated key, at any depth, raises :class:`fairhpc.yamlio.DuplicateKeyError`."""
     lines: dict[str, int] = {}
 
     def walk(node, prefix):
@@ -498,7 +499,7 @@ def _yaml_key_lines(text: str) -> dict[str, int]:
                     walk(v, f"{prefix}{k.value}.")
 
     try:
-        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+        walk(yamlio.compose(text, source), "")
     except yaml.YAMLError:
         pass
     return lines
@@ -545,18 +546,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     source = _Source()
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = yamlio.read_text(path)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: cannot read config: not UTF-8 text ({e.reason})") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            lines = _yaml_key_lines(text, str(path))  # a repeated key: DuplicateKeyError (a ConfigError)
+            data = yamlio.loads(text, str(path)) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-        source = _Source(str(path), _yaml_key_lines(text))
+        source = _Source(str(path), lines)
     if overrides:
         extra = parse_overrides(overrides)
         data = deep_merge(data, extra)

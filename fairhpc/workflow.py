@@ -33,6 +33,7 @@ import yaml
 from fairhpc import layout, registry
 from fairhpc.config import FairnessConfig, load_config, validate_fairness
 from fairhpc.errors import ConfigError
+from fairhpc.yamlio import load_yaml
 
 SCHEMA = Path("schemas") / "config.schema.yaml"  # relative to the repository
 # the fairness hyperparameters each mode takes, in the order they appear in run names
@@ -73,7 +74,7 @@ def load_schema(repo: Path) -> dict:
     objective modes (a schema per mode: utility modes take no hyperparameters, fr alpha and tau, fc gamma and
     tau) and, per task, the modes it accepts.  The file itself never lists them, so a new task needs no edit
     there."""
-    schema = yaml.safe_load((Path(repo) / SCHEMA).read_text())
+    schema = load_yaml(Path(repo) / SCHEMA)
     grid = schema["$defs"]["grid"]
     grid["properties"]["task"]["enum"] = list(registry.TASKS)
     mode_def = {m: "mode_utility" for m in registry.UTILITY_MODES} | {"fr": "mode_fr", "fc": "mode_fc"}

@@ -160,9 +160,9 @@ def run_eval_groups(rankings: str, out_dir: str, policy: str | None = None, rewa
 # ------------------------------------------------------------------------------------------ the comparison
 def _label(run_dir: Path) -> dict:
     """data (the SWF or baseline: the folder of the run's data.train file), task, mode, seed of a run."""
-    import yaml
+    from fairhpc.yamlio import load_yaml
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     train = str((cfg.get("data") or {}).get("train", ""))
     return {"run": str(run_dir), "task": cfg.get("task"), "data": Path(train).parent.name or train,
             "mode": (cfg.get("objective") or {}).get("mode"), "seed": cfg.get("seed")}
