@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from fairhpc import registry, yamlio
-from fairhpc.errors import ConfigError  # re-exported: ``from fairhpc.config import ConfigError``
+from fairhpc.errors import ConfigError, DataError  # re-exported: ``from fairhpc.config import ConfigError``
 from fairhpc.sources import DATA_SUFFIXES
 
 
@@ -655,7 +655,15 @@ def _validate_cross(cfg: RunConfig) -> None:
                      f"got {tiny.num_key_value_heads}")
     for key in ("train", "eval"):
         src = getattr(d, key)
-        if src is None or src == "synthetic" or Path(src).exists():
+        if src is None or src == "synthetic":
+            continue
+        if Path(src).expanduser().exists():
+            from fairhpc.sources import check_local_source
+
+            try:  # a directory that is no dataset, an empty file, an unknown suffix: before any compute
+                check_local_source(src)
+            except DataError as e:
+                raise _error(f"data.{key}", str(e)) from None
             continue
         if src.endswith(DATA_SUFFIXES) or src.startswith((".", "/", "~")):
             raise _error(f"data.{key}", f"file not found: {src} (expected 'synthetic', an existing "
