@@ -96,8 +96,8 @@ def check_schema(cfg: dict, repo: Path) -> None:
     base = jsonschema.Draft202012Validator
     errors = sorted(base(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = [f"  {key_text(e.absolute_path)}: {e.message}" for e in errors[:20]]
-        raise WorkflowConfigError(f"invalid workflow config ({path.name}):\n" + "\n".join(lines))
+        lines = [f"{key_text(e.absolute_path)}: {e.message}" for e in errors[:20]]
+        raise WorkflowConfigError(f"invalid workflow config ({path.name}): " + "; ".join(lines))
     check_properties = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):

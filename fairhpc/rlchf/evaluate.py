@@ -138,12 +138,19 @@ def group_agreement(rows: list[dict], scores: list[list[float]], group_by: str =
 def run_eval_groups(rankings: str, out_dir: str, policy: str | None = None, reward_model: str | None = None,
                     reference: str | None = None, group_by: str = "group", batch_size: int = 16,
                     device: str = "auto", bad_rows: str = "error", limit: int | None = None) -> dict:
-    from fairhpc.evaluation.scoring import write_results
+    from fairhpc.evaluation.scoring import check_model_path, write_results
     from fairhpc.io import check_output_dir
     from fairhpc.rlchf.aggregate import read_rankings
 
     if (policy is None) == (reward_model is None):
         raise ConfigError("give exactly one of --policy (implicit reward against a reference) and --reward-model")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: expected an integer >= 1, got {limit}")
+    check_model_path(policy or reward_model, "--policy" if policy else "--reward-model")  # before the rankings
+    if reference is not None:
+        check_model_path(reference, "--reference")
     check_output_dir(out_dir)
     rows, skipped = read_rankings(rankings, group_by, bad_rows)
     rows = rows[:limit] if limit else rows
