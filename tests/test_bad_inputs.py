@@ -439,3 +439,18 @@ def test_every_yaml_file_of_the_project_has_unique_keys():
     assert len(files) > 5
     for f in files:
         load_yaml(f)
+
+
+def test_the_workflow_refuses_a_key_written_twice(tmp_path):
+    """A --configfile of the Snakemake workflow with a repeated key stops the dry run, naming file and lines."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = _file(tmp_path, "grid.yaml", "results: a\nseeds: [0]\nresults: b\n")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(repo / "Snakefile"),
+                          "-d", str(tmp_path / "wd"), "--configfile", str(cfg)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode != 0
+    assert f"{cfg}: key 'results' appears twice (lines 1 and 3); keep one" in res.stdout + res.stderr
