@@ -124,7 +124,7 @@ COMMANDS = {
     ],
     "train-rm": [
         ("dup key", ["--config", "{t}/dup.yaml", *RUN], "dup.yaml: key 'seed' appears twice (lines 1 and 3)"),
-        ("policy as init", [*RUN, "model.name_or_path={t}/nomodel"], "nomodel"),
+        ("model missing", [*RUN, "model.name_or_path={t}/nomodel"], "nomodel"),
         ("bad row", [*RUN, "data.train={t}/badrow.jsonl", "data.eval=null"], "badrow.jsonl: line 2"),
         ("data dir", [*RUN, "data.train={t}/emptydir", "data.eval=null"], "emptydir"),
         ("empty data", [*RUN, "data.train={t}/empty.jsonl", "data.eval=null"], "empty.jsonl"),
