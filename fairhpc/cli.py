@@ -41,8 +41,15 @@ def _config_help(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line, like the other user errors (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: usage error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairhpc", description="Fairness-aware reward models and DPO "
+    parser = _Parser(prog="fairhpc", description="Fairness-aware reward models and DPO "
                                      "policies (Fairness Regularization / Fairness Coefficient).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("config-help", help="list every run-config key with its default and help")

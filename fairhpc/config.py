@@ -19,8 +19,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from fairhpc import registry
-from fairhpc.errors import ConfigError  # re-exported: ``from fairhpc.config import ConfigError``
+from fairhpc import registry, yamlio
+from fairhpc.errors import ConfigError, DataError  # re-exported: ``from fairhpc.config import ConfigError``
 from fairhpc.sources import DATA_SUFFIXES
 
 
@@ -462,7 +462,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. objective.mode=fr")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yamlio.loads(raw, f"override {item!r}") if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -494,8 +494,9 @@ def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def _yaml_key_lines(text: str) -> dict[str, int]:
-    """``{"train.lr": 12, ...}``: the 1-based line of every key of a YAML mapping (from the composer's marks)."""
+def _yaml_key_lines(text: str, source: str = "<yaml>") -> dict[str, int]:
+    """``{"train.lr": 12, ...}``: the 1-based line of every key of a YAML mapping (from the composer's marks).
+    A repeated key, at any depth, raises :class:`fairhpc.yamlio.DuplicateKeyError`."""
     lines: dict[str, int] = {}
 
     def walk(node, prefix):
@@ -506,7 +507,7 @@ def _yaml_key_lines(text: str) -> dict[str, int]:
                     walk(v, f"{prefix}{k.value}.")
 
     try:
-        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+        walk(yamlio.compose(text, source), "")
     except yaml.YAMLError:
         pass
     return lines
@@ -553,18 +554,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     source = _Source()
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = yamlio.read_text(path)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: cannot read config: not UTF-8 text ({e.reason})") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            lines = _yaml_key_lines(text, str(path))  # a repeated key: DuplicateKeyError (a ConfigError)
+            data = yamlio.loads(text, str(path)) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-        source = _Source(str(path), _yaml_key_lines(text))
+        source = _Source(str(path), lines)
     if overrides:
         extra = parse_overrides(overrides)
         data = deep_merge(data, extra)
@@ -661,7 +665,15 @@ def _validate_cross(cfg: RunConfig) -> None:
         parse_category_scale(cfg.pg.category_reward_scale)
     for key in ("train", "eval"):
         src = getattr(d, key)
-        if src is None or src == "synthetic" or Path(src).exists():
+        if src is None or src == "synthetic":
+            continue
+        if Path(src).expanduser().exists():
+            from fairhpc.sources import check_local_source
+
+            try:  # a directory that is no dataset, an empty file, an unknown suffix: before any compute
+                check_local_source(src)
+            except DataError as e:
+                raise _error(f"data.{key}", str(e)) from None
             continue
         if src.endswith(DATA_SUFFIXES) or src.startswith((".", "/", "~")):
             raise _error(f"data.{key}", f"file not found: {src} (expected 'synthetic', an existing "

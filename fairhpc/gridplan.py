@@ -19,6 +19,7 @@ import yaml
 
 from fairhpc import registry
 from fairhpc import workflow as wf
+from fairhpc.yamlio import load_yaml, loads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,13 +30,13 @@ def workflow_config(configfiles: list[str], repo: Path = REPO) -> dict:
 
     from fairhpc.errors import ConfigError
 
-    cfg = yaml.safe_load((Path(repo) / "config.yaml").read_text())
+    cfg = load_yaml(Path(repo) / "config.yaml")
     for path in configfiles:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--configfile {path}: file not found")
         try:
-            extra = yaml.safe_load(p.read_text())
+            extra = loads(p.read_text(encoding="utf-8-sig"), f"--configfile {path}")
         except yaml.YAMLError as e:
             raise ConfigError(f"--configfile {path}: not valid YAML: {e}") from None
         if not isinstance(extra, dict):

@@ -138,9 +138,37 @@ def fetch(found: list[dict], cache: str | None, revisions: dict, out: str | os.P
     return summary
 
 
+HUB_KINDS = ("model", "dataset")
+
+
+def _json_arg(option: str, text: str, kind: type, what: str):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{option}: invalid JSON ({e.msg} at column {e.colno}); expected {what}") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{option}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def check_items(found: list) -> None:
+    """Refuse an item that is not {"kind": "model"|"dataset", "name": str, ...} (naming its index and field)."""
+    for i, it in enumerate(found):
+        if not isinstance(it, dict):
+            raise ConfigError(f"--items[{i}]: expected an object {{kind, name, used_by}}, got {it!r:.60}")
+        if it.get("kind") not in HUB_KINDS:
+            raise ConfigError(f"--items[{i}]: field 'kind': {it.get('kind')!r} is not one of {', '.join(HUB_KINDS)}")
+        if not isinstance(it.get("name"), str) or not it["name"]:
+            raise ConfigError(f"--items[{i}]: field 'name': expected a hub name, got {it.get('name')!r}")
+        it.setdefault("used_by", "--items")
+
+
 def _cmd(args) -> int:
-    found = json.loads(args.items)
-    revisions = json.loads(args.revisions)
+    found = _json_arg("--items", args.items, list, 'a JSON list of {"kind": "model"|"dataset", "name": ...}')
+    check_items(found)
+    revisions = _json_arg("--revisions", args.revisions, dict, "a JSON mapping name -> revision")
+    if args.out is not None and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a directory; give the fetched.json file to write")
     if args.check_only:
         check_cached(found, args.cache, revisions)
         print(f"all {len(found)} items are in the cache")

@@ -478,6 +478,13 @@ def prepare_ops(world_size: int, ds_config: dict | None = None, timeout: float |
 def _build_ops(args) -> int:
     import torch
 
+    if args.world_size < 1:
+        raise FairhpcError(f"--world-size: expected an integer >= 1, got {args.world_size}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise FairhpcError(f"--timeout: expected seconds > 0, got {args.timeout}")
+    if args.marker and Path(args.marker).is_dir():
+        raise FairhpcError(f"--marker {args.marker}: a directory; give the JSON file to write")
+
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     ds_config = None
     if args.config or args.overrides:

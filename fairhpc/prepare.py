@@ -19,6 +19,7 @@ Unusable rows (e.g. HH-RLHF's empty responses) are dropped and counted: stdout g
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, fields
 
@@ -57,6 +58,16 @@ class Part:
         if part.kind not in PART_KINDS:
             raise DataError(f"prepare part {json.dumps(d)}: kind {part.kind!r} is not one of "
                             f"{', '.join(PART_KINDS)}")
+        for key in ("source", "split"):
+            if not isinstance(getattr(part, key), str) or not getattr(part, key):
+                raise DataError(f"prepare part {json.dumps(d)}: {key}: expected a non-empty string, "
+                                f"got {getattr(part, key)!r}")
+        r, n = part.min_score_ratio, part.max_pairs_per_prompt
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0:
+            raise DataError(f"prepare part {json.dumps(d)}: min_score_ratio: expected a finite number >= 0, got {r!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataError(f"prepare part {json.dumps(d)}: max_pairs_per_prompt: expected an integer >= 1, "
+                            f"got {n!r}")
         return part
 
 

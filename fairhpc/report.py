@@ -110,6 +110,8 @@ def load_run(run_dir: str | os.PathLike, eval_subdir: str = layout.EVAL) -> dict
     "per_example": eval rows}."""
     import yaml
 
+    from fairhpc.yamlio import load_yaml
+
     run = layout.RunDir(run_dir)
     d = run.root
     if not d.is_dir():
@@ -118,7 +120,7 @@ def load_run(run_dir: str | os.PathLike, eval_subdir: str = layout.EVAL) -> dict
     if not cfg_path.exists():
         raise ReportError(f"{cfg_path}: missing (is {d} a fairhpc run directory?)")
     try:
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        cfg = load_yaml(cfg_path) or {}
     except yaml.YAMLError as e:
         raise ReportError(f"{cfg_path}: invalid YAML: {e}") from None
     summary = _read_json(run.summary)

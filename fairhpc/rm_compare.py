@@ -123,6 +123,7 @@ def load_rm_run(run_dir) -> dict:
     import yaml
 
     from fairhpc.rewards.base import MARKER, read_marker
+    from fairhpc.yamlio import load_yaml
 
     run = layout.RunDir(run_dir)
     d = run.root
@@ -141,7 +142,7 @@ def load_rm_run(run_dir) -> dict:
     cfg = {}
     if run.config.is_file():
         try:
-            cfg = yaml.safe_load(run.config.read_text()) or {}
+            cfg = load_yaml(run.config) or {}
         except yaml.YAMLError as e:
             raise ReportError(f"{run.config}: invalid YAML: {e}") from None
     train = _read_json(run.summary, "the training summary") if run.summary.is_file() else {}

@@ -27,6 +27,10 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 GZIP_SUFFIX = ".gz"
 DATA_SUFFIXES = FILE_SUFFIXES + tuple(s + GZIP_SUFFIX for s in FILE_SUFFIXES)
 _HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+# what a data source may be, for the messages that refuse one
+ACCEPTED = ("accepted: a .jsonl, .json, .parquet or .csv file (UTF-8, optionally .gz), a directory of such "
+            "files or one written by datasets' save_to_disk, or a hub dataset name (owner/name)")
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -60,20 +64,47 @@ def file_kind(path: str | Path) -> str | None:
 def iter_source(source: str, split: str | None = "train", **hub_kwargs) -> Iterator[Row]:
     """Rows of a local data file, a dataset directory or a hub dataset (``split`` applies to the last two;
     None = every split, its name in ``row["_split"]``).  Whole-file problems raise DataError here."""
+    kind = check_local_source(source)
+    if kind is not None:
+        return _READERS[kind](Path(str(source)).expanduser())
+    return _iter_hub(str(source), split, **hub_kwargs)
+
+
+def check_local_source(source: str) -> str | None:
+    """Refuse, without reading rows, a local source that cannot be one: a missing path, a directory that
+    save_to_disk did not write, an empty file, a file of an unknown type (DataError naming the path and
+    what is accepted).  Returns the file kind (``"jsonl"``, ...) of a data file, None for a dataset
+    directory or a hub name."""
     source = str(source)
     p = Path(source).expanduser()
     kind = file_kind(source)
     if kind is not None:
         if not p.exists():
-            raise DataError(f"{source}: no such file")
+            raise DataError(f"{source}: no such file; {ACCEPTED}")
+        if p.is_dir():
+            raise DataError(f"{source}: a directory, not a data file; {ACCEPTED}")
         if not p.is_file():
-            raise DataError(f"{source}: not a regular file")
-        return _READERS[kind](p)
+            raise DataError(f"{source}: not a regular file; {ACCEPTED}")
+        if p.stat().st_size == 0:
+            raise DataError(f"{source}: empty file (no rows); {ACCEPTED}")
+        return kind
     if p.is_file():
-        raise DataError(f"{source}: unknown file type; expected {', '.join(FILE_SUFFIXES)} (optionally .gz)")
+        raise DataError(f"{source}: unknown file type; {ACCEPTED}")
     if not p.exists() and is_local_path(source):
-        raise DataError(f"{source}: no such file or directory")
-    return _iter_hub(source, split, **hub_kwargs)
+        raise DataError(f"{source}: no such file or directory; {ACCEPTED}")
+    if p.is_dir() and not _is_saved_dataset(p) and not _holds_data_files(p):
+        raise DataError(f"{source}: a directory with no data files in it and not written by save_to_disk; "
+                        f"{ACCEPTED}")
+    return None
+
+
+def _is_saved_dataset(p: Path) -> bool:
+    return (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
+
+
+def _holds_data_files(p: Path) -> bool:
+    """Whether a directory holds (at any depth) a file that ``datasets`` reads as a split."""
+    return any(f.is_file() and f.name.endswith(DATA_SUFFIXES + (".arrow",)) for f in p.rglob("*"))
 
 
 def iter_rows(source: str, split: str | None = None, **hub_kwargs) -> Iterator[tuple[str, dict]]:
@@ -103,7 +134,8 @@ def _read_all(path: Path) -> bytes:
         with _open_bytes(path) as f:
             return f.read()
     except _GZIP_ERRORS as e:
-        raise DataError(f"{path}: cannot read: corrupt or truncated gzip file ({e or type(e).__name__})") from None
+        raise DataError(f"{path}: cannot read: corrupt or truncated gzip file ({e or type(e).__name__}); "
+                        f"{ACCEPTED}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -115,13 +147,16 @@ def _lines(path: Path) -> Iterator[tuple[int, str | None, UnicodeDecodeError | N
     try:
         with _open_bytes(path) as raw:
             for lineno, line in enumerate(raw, 1):
+                if lineno == 1:  # a UTF-8 byte-order mark (some editors write one) is not part of the text
+                    line = line.removeprefix(_BOM)
                 try:
                     yield lineno, line.decode("utf-8"), None
                 except UnicodeDecodeError as e:
                     yield lineno, None, e
     except _GZIP_ERRORS as e:
-        raise DataError(f"{path}: cannot read after line {lineno}: corrupt or truncated gzip file "
-                        f"({e or type(e).__name__})") from None
+        after = f" after line {lineno}" if lineno else ""
+        raise DataError(f"{path}: cannot read{after}: corrupt or truncated gzip file "
+                        f"({e or type(e).__name__}); {ACCEPTED}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -181,7 +216,7 @@ def _iter_csv(path: Path) -> Iterator[Row]:
 
 
 def _iter_json(path: Path) -> Iterator[Row]:
-    data = _read_all(path)
+    data = _read_all(path).removeprefix(_BOM)
     try:
         value = json.loads(data)
     except UnicodeDecodeError as e:
@@ -224,7 +259,7 @@ def _load_hub(name: str, split: str | None, **kwargs):
 
     p = Path(name)
     try:
-        if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+        if p.is_dir() and _is_saved_dataset(p):
             ds = datasets.load_from_disk(str(p))   # written by save_to_disk
             if isinstance(ds, datasets.DatasetDict) and split is not None:
                 if split not in ds:

@@ -33,6 +33,7 @@ import yaml
 from fairhpc import layout, registry
 from fairhpc.config import FairnessConfig, load_config, validate_fairness
 from fairhpc.errors import ConfigError
+from fairhpc.yamlio import load_yaml
 
 SCHEMA = Path("schemas") / "config.schema.yaml"  # relative to the repository
 # the fairness hyperparameters each mode takes, in the order they appear in run names
@@ -73,7 +74,7 @@ def load_schema(repo: Path) -> dict:
     objective modes (a schema per mode: utility modes take no hyperparameters, fr alpha and tau, fc gamma and
     tau) and, per task, the modes it accepts.  The file itself never lists them, so a new task needs no edit
     there."""
-    schema = yaml.safe_load((Path(repo) / SCHEMA).read_text())
+    schema = load_yaml(Path(repo) / SCHEMA)
     grid = schema["$defs"]["grid"]
     grid["properties"]["task"]["enum"] = list(registry.TASKS)
     mode_def = {m: "mode_utility" for m in registry.UTILITY_MODES} | {"fr": "mode_fr", "fc": "mode_fc"}
@@ -95,8 +96,8 @@ def check_schema(cfg: dict, repo: Path) -> None:
     base = jsonschema.Draft202012Validator
     errors = sorted(base(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = [f"  {key_text(e.absolute_path)}: {e.message}" for e in errors[:20]]
-        raise WorkflowConfigError(f"invalid workflow config ({path.name}):\n" + "\n".join(lines))
+        lines = [f"{key_text(e.absolute_path)}: {e.message}" for e in errors[:20]]
+        raise WorkflowConfigError(f"invalid workflow config ({path.name}): " + "; ".join(lines))
     check_properties = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):

@@ -11,8 +11,19 @@ from snakemake.exceptions import WorkflowError
 
 from fairhpc import layout, registry
 from fairhpc import workflow as wf
+from fairhpc.errors import ConfigError
+from fairhpc.yamlio import load_yaml
 
 REPO = Path(workflow.basedir)
+
+# Snakemake keeps the last of a repeated key: refuse one in every config file it read (fairhpc/yamlio.py)
+for _configfile in workflow.configfiles:
+    try:
+        load_yaml(_configfile)
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
+    except Exception:  # noqa: BLE001 -- not YAML (Snakemake read it as JSON) or unreadable: Snakemake's own
+        pass
 
 try:
     PLAN = wf.plan(config, REPO)

@@ -113,11 +113,11 @@ def pb_judge_models(kind) -> list[str]:
     cfg = cfg / "configs.yaml" if cfg.is_dir() else cfg
     if not cfg.is_file():
         return []
-    import yaml
+    from fairhpc.yamlio import load_yaml
 
     return [
         a["completions_kwargs"]["model_name"]
-        for a in (yaml.safe_load(cfg.read_text()) or {}).values()
+        for a in (load_yaml(cfg) or {}).values()
         if isinstance(a, dict) and "model_name" in (a.get("completions_kwargs") or {})
     ]
 

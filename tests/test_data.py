@@ -222,8 +222,8 @@ def test_unreadable_files(tmp_path, kind):
         Path(path).write_text("not parquet")
     elif kind == "missing_dir":
         path, words = str(tmp_path / "no_such_dataset_dir"), "no such file or directory"
-    elif kind == "empty_dataset_dir":  # goes through datasets.load_dataset, which finds no data files
-        path, words = str(tmp_path / "empty"), "cannot load dataset split 'train'"
+    elif kind == "empty_dataset_dir":  # refused before datasets.load_dataset, which finds no data files
+        path, words = str(tmp_path / "empty"), "a directory with no data files in it"
         Path(path).mkdir()
     else:
         path, words = str(tmp_path / "rows.txt"), "unknown file type"

@@ -32,10 +32,10 @@ def test_file_kinds_and_the_one_suffix_list():
 
 
 def test_missing_and_unknown_files(tmp_path):
-    with pytest.raises(DataError, match="nope.jsonl: no such file$"):
+    with pytest.raises(DataError, match="nope.jsonl: no such file; accepted: a .jsonl"):
         iter_source(str(tmp_path / "nope.jsonl"))
     (tmp_path / "rows.txt").write_text("a\n")
-    with pytest.raises(DataError, match=r"rows.txt: unknown file type; expected .jsonl, .json, .parquet, .csv"):
+    with pytest.raises(DataError, match=r"rows.txt: unknown file type; accepted: a .jsonl, .json, .parquet or .csv file"):
         iter_source(str(tmp_path / "rows.txt"))
     with pytest.raises(DataError, match="no such file or directory"):
         iter_source(str(tmp_path / "a" / "b"))
@@ -115,3 +115,38 @@ def test_dataset_directory_all_splits_and_class_labels(tmp_path):
     with pytest.raises(DataError, match="no split 'dev'; splits: train, test"):
         list(iter_source(str(d), "dev"))
     assert Path(d).is_dir()
+
+
+def test_a_byte_order_mark_is_read_as_text(tmp_path):
+    row = {"prompt": "a", "chosen": "b", "rejected": "c"}
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "r.jsonl").write_bytes(bom + (json.dumps(row) + "\n").encode())
+    (tmp_path / "r.json").write_bytes(bom + json.dumps([row]).encode())
+    (tmp_path / "r.csv").write_bytes(bom + b"prompt,chosen,rejected\na,b,c\n")
+    for name in ("r.jsonl", "r.json", "r.csv"):
+        rows = [r.value for r in iter_source(str(tmp_path / name))]
+        assert rows == [row], name
+
+
+@pytest.mark.parametrize("what", ["directory", "directory.jsonl", "empty", "truncated gz"])
+def test_unusable_local_paths_name_the_path_and_what_is_accepted(tmp_path, what):
+    if what == "directory":
+        path = tmp_path / "rows"
+        path.mkdir()
+    elif what == "directory.jsonl":
+        path = tmp_path / "rows.jsonl"
+        path.mkdir()
+    elif what == "empty":
+        path = tmp_path / "rows.jsonl"
+        path.write_bytes(b"")
+    else:
+        import gzip
+
+        whole = gzip.compress(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * 50)
+        path = tmp_path / "rows.jsonl.gz"
+        path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError) as e:
+        list(iter_source(str(path)))
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "accepted: a .jsonl, .json, .parquet or .csv file" in msg

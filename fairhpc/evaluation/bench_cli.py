@@ -23,9 +23,26 @@ def _print(summary: dict) -> int:
     return 0
 
 
+def _check(a, policy_option: str | None = None) -> None:
+    """Before any data is fetched or model loaded: counts >= 1 and the policy a model directory of a
+    policy (a reward model is refused)."""
+    from fairhpc.evaluation.scoring import check_model_path, check_model_role
+
+    for name in ("limit", "max_new_tokens", "batch_size", "judge_max_new_tokens", "num_fewshot"):
+        v = getattr(a, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v < (0 if name == "num_fewshot" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= "
+                              f"{0 if name == 'num_fewshot' else 1}, got {v}")
+    if policy_option is not None:
+        path = getattr(a, policy_option.lstrip("-").replace("-", "_"))
+        check_model_path(path, policy_option)
+        check_model_role(path, policy_option, "policy")
+
+
 def _alpaca_generate(a) -> int:
     from fairhpc.evaluation.policy_benchmarks import alpaca_eval_generate
 
+    _check(a, "--policy")
     return _print(alpaca_eval_generate(a.policy, a.out, a.generator, hub_name=a.instructions or None,
                                        instructions_file=a.instructions_file, limit=a.limit,
                                        max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, device=a.device))
@@ -46,6 +63,7 @@ def _mt_fetch(a) -> int:
 def _mt_generate(a) -> int:
     from fairhpc.evaluation.policy_benchmarks import mt_bench_generate
 
+    _check(a, "--policy")
     return _print(mt_bench_generate(a.policy, a.data_dir, a.answers, a.model_id or a.answers.rsplit("/", 1)[-1][:-6],
                                     limit=a.limit, max_new_tokens=a.max_new_tokens, sampling=a.sampling,
                                     batch_size=a.batch_size, device=a.device, seed=a.seed))
@@ -54,6 +72,7 @@ def _mt_generate(a) -> int:
 def _mt_judge(a) -> int:
     from fairhpc.evaluation.policy_benchmarks import mt_bench_judge
 
+    _check(a)
     return _print(mt_bench_judge(a.data_dir, a.answers, a.out, judge_model=a.judge, judge_path=a.judge_path,
                                  reference_model=a.reference_model, device=a.device,
                                  judge_max_new_tokens=a.judge_max_new_tokens))
@@ -63,19 +82,29 @@ def _lm_eval(a) -> int:
     from fairhpc.evaluation.policy_benchmarks import DEFAULT_LM_EVAL_TASKS, run_lm_eval
 
     tasks = [t for t in (a.tasks or ",".join(DEFAULT_LM_EVAL_TASKS)).split(",") if t]
-    bs = a.batch_size if a.batch_size == "auto" else int(a.batch_size)
+    try:
+        bs = a.batch_size if a.batch_size == "auto" else int(a.batch_size)
+    except ValueError:
+        raise ConfigError(f"--batch-size: expected an integer >= 1 or 'auto', got {a.batch_size!r}") from None
+    a.batch_size = bs
+    _check(a, "--model")
+    if a.include_path is not None and not Path(a.include_path).is_dir():
+        raise ConfigError(f"--include-path {a.include_path}: no such directory (a folder of lm-eval task YAML files)")
     return _print(run_lm_eval(a.model, tasks, a.out, include_path=a.include_path, batch_size=bs, limit=a.limit,
                               num_fewshot=a.num_fewshot, device=a.device, dtype=a.dtype, seed=a.seed))
 
 
 def _fetch(a) -> int:
     from fairhpc.evaluation.policy_benchmarks import fetch_for_workflow, workflow_settings
+    from fairhpc.io import check_output_dir
 
     try:
         section = json.loads(a.settings)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--settings: invalid JSON ({e.msg})") from None
-    return _print(fetch_for_workflow(workflow_settings({"policy_benchmarks": section}), a.out,
+    settings = workflow_settings({"policy_benchmarks": section})  # its keys and values, before any download
+    check_output_dir(a.out, "--out")
+    return _print(fetch_for_workflow(settings, a.out,
                                      download=not a.no_download))
 
 

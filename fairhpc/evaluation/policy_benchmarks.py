@@ -251,9 +251,9 @@ def resolve_annotator(annotator: str) -> str:
 
 
 def _yaml(path: Path):
-    import yaml
+    from fairhpc.yamlio import load_yaml
 
-    return yaml.safe_load(Path(path).read_text())
+    return load_yaml(path)
 
 
 def alpaca_eval_judge(model_outputs: str, out_dir: str, annotator: str = DEFAULT_ANNOTATOR,

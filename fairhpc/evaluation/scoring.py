@@ -49,6 +49,39 @@ def check_model_path(path: str, option: str = "--model") -> None:
         what = "empty" if not any(p.iterdir()) else f"no {', no '.join(missing)}"
         raise ModelPathError(f"{option} {path}: not a model directory ({what}; expected a save_pretrained "
                              f"directory such as RUN/{layout.FINAL})")
+    check_model_role(p, option)
+
+
+# the options that name a model of one role: a policy (a causal LM) or a reward model (a sequence classifier,
+# or a pairwise preference model, which is a causal LM with a fairhpc_model.json marker)
+OPTION_ROLES = {"--policy": "policy", "--reference": "policy", "--reward-model": "reward model",
+                "--gold-reward-model": "reward model"}
+
+
+def check_model_role(path, option: str, role: str | None = None) -> None:
+    """Refuse a local model of the wrong role from its config.json ``architectures`` (nothing is loaded):
+    a policy where a reward model is expected, or a reward model where a policy is.  ``role`` defaults to
+    the one of ``option`` (:data:`OPTION_ROLES`); an option of no role, or a config without architectures,
+    passes."""
+    import json
+
+    from fairhpc.rewards.base import read_marker
+
+    role = role or OPTION_ROLES.get(option)
+    cfg = Path(path) / "config.json"
+    if role is None or not cfg.is_file():
+        return
+    try:
+        arch = " ".join(json.loads(cfg.read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError):
+        return
+    reward_like = "ForSequenceClassification" in arch or read_marker(path) is not None
+    if role == "reward model" and "ForCausalLM" in arch and not reward_like:
+        raise ModelPathError(f"{option} {path}: a policy ({arch} in config.json), not a reward model; give a "
+                             f"reward model directory (e.g. RUN/{layout.FINAL} of train-rm)")
+    if role == "policy" and reward_like:
+        raise ModelPathError(f"{option} {path}: a reward model ({arch or 'fairhpc_model.json'}), not a policy; "
+                             f"give a policy directory (e.g. RUN/{layout.FINAL} of train-dpo or train-sft)")
 
 
 def find_run_config(model_dir: str | None, explicit: str | None = None):

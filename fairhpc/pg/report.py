@@ -29,6 +29,7 @@ import yaml
 
 from fairhpc.errors import ReportError
 from fairhpc.io import atomic_write_json, atomic_write_text, read_jsonl
+from fairhpc.yamlio import load_yaml
 
 AXES = ("reward_mean", "logp_beta_mean")
 
@@ -39,7 +40,12 @@ def load_run(run: str | Path) -> dict:
     for p in (cfg_p, sum_p):
         if not p.is_file():
             raise ReportError(f"{p}: missing (is {d} a finished train-pg run?)")
-    cfg = yaml.safe_load(cfg_p.read_text())
+    try:
+        cfg = load_yaml(cfg_p)
+    except yaml.YAMLError as e:
+        raise ReportError(f"{cfg_p}: invalid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ReportError(f"{cfg_p}: not a run config (expected a mapping)")
     if cfg.get("task") != "pg":
         raise ReportError(f"{cfg_p}: task {cfg.get('task')!r}, not a train-pg run")
     summary = json.loads(sum_p.read_text())

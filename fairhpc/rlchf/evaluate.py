@@ -132,17 +132,24 @@ def group_agreement(rows: list[dict], scores: list[list[float]], group_by: str =
 def run_eval_groups(rankings: str, out_dir: str, policy: str | None = None, reward_model: str | None = None,
                     reference: str | None = None, group_by: str = "group", batch_size: int = 16,
                     device: str = "auto", bad_rows: str = "error", limit: int | None = None) -> dict:
-    from fairhpc.evaluation.scoring import write_results
+    from fairhpc.evaluation.scoring import check_model_path, write_results
     from fairhpc.io import check_output_dir
     from fairhpc.rlchf.aggregate import has_groups, read_rankings
 
     if (policy is None) == (reward_model is None):
         raise ConfigError("give exactly one of --policy (implicit reward against a reference) and --reward-model")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: expected an integer >= 1, got {limit}")
+    check_model_path(policy or reward_model, "--policy" if policy else "--reward-model")  # before the rankings
+    if reference is not None:
+        check_model_path(reference, "--reference")
+    check_output_dir(out_dir)
     rows, skipped = read_rankings(rankings, group_by, bad_rows)
     if not has_groups(rows, group_by):
         raise DataError(f"{rankings}: no judge has the group field persona.{group_by!r}; per-group agreement "
                         "needs the judges' groups (set --group-by to a field the personas have)")
-    check_output_dir(out_dir)
     rows = rows[:limit] if limit else rows
     kind = "policy" if policy else "reward"
     scores, ref = candidate_scores(rows, policy or reward_model, kind, reference, batch_size, device)
@@ -157,9 +164,9 @@ def run_eval_groups(rankings: str, out_dir: str, policy: str | None = None, rewa
 # ------------------------------------------------------------------------------------------ the comparison
 def _label(run_dir: Path) -> dict:
     """data (the SWF or baseline: the folder of the run's data.train file), task, mode, seed of a run."""
-    import yaml
+    from fairhpc.yamlio import load_yaml
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     train = str((cfg.get("data") or {}).get("train", ""))
     return {"run": str(run_dir), "task": cfg.get("task"), "data": Path(train).parent.name or train,
             "mode": (cfg.get("objective") or {}).get("mode"), "seed": cfg.get("seed")}
