@@ -16,7 +16,6 @@ the multi-program path runs too; launches are not counted there.  Exit status 1 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import os
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import write_rows  # scripts/gpu/gpu_common.py, beside this script
 
 TAUS = (-5.0, -1.0, 0.0, 0.5, 2.0, 10.0)
 GPU_SIZES = (1, 7, 1000, 8192, 8193, 65536, 1048576)
@@ -163,15 +164,7 @@ def main(argv=None) -> int:
                    "layout": "strided" if strided else "contiguous", "status": "error",
                    "note": f"{type(e).__name__}: {e}"[:300]}
         rows.append(row)
-    out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
-    os.replace(tmp, out)
+    out = write_rows(args.csv, rows, COLUMNS)
     bad = [r for r in rows if r["status"] != "pass"]
     print(f"kernel parity on {device}: {len(rows) - len(bad)}/{len(rows)} cases pass in {time.time() - t0:.1f} s"
           f" -> {out}")

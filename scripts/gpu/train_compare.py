@@ -14,7 +14,6 @@ Agreement means: every step's loss within 2e-2 relative (bf16) or 1e-4 (fp32) of
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -24,6 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import write_rows  # scripts/gpu/gpu_common.py, beside this script
+
 GPU = ["model.tiny.hidden_size=1024", "model.tiny.num_hidden_layers=8", "model.tiny.num_attention_heads=16",
        "model.tiny.num_key_value_heads=8", "model.tiny.intermediate_size=2816", "train.precision=bf16",
        "train.zero_stage=2", "train.max_steps=30", "train.micro_batch_size=16", "data.synthetic.n_train=1024",
@@ -97,15 +99,7 @@ def main(argv=None) -> int:
                                  "(training time / steps, the first step's compilation included)"})
             if not ok:
                 failed.append(f"{task}: losses differ by {worst:.3g} relative (tolerance {rtol:g})")
-    out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
-    os.replace(tmp, out)
+    out = write_rows(args.csv, rows, COLUMNS)
     for msg in failed:
         print(msg, file=sys.stderr)
     print(f"train_compare: {'ok' if not failed else 'FAILED'} -> {out}")
