@@ -262,6 +262,7 @@ def test_eval_commands_refuse_bad_model_and_out_paths_before_reading_data(tmp_pa
     from test_eval_benchmarks import run, save_tiny
 
     rm = save_tiny(tmp_path / "rm", "rm", 0)
+    policy = save_tiny(tmp_path / "policy", "policy", 1)
     data = tmp_path / "absent.jsonl"
     empty, no_weights, a_file = tmp_path / "empty", tmp_path / "no_weights", tmp_path / "file"
     empty.mkdir()
@@ -277,7 +278,7 @@ def test_eval_commands_refuse_bad_model_and_out_paths_before_reading_data(tmp_pa
         (["eval-rm", "--model", a_file], f"--model {a_file}: not a directory"),
         (["eval-rm", "--model", rm, "--reference", empty], f"--reference {empty}: not a model directory"),
         (["eval-benchmark", "--benchmark", "rewardbench", "--model", empty], f"--model {empty}: not a model"),
-        (["eval-policy", "--policy", rm, "--reference", rm, "--reward-model", empty],
+        (["eval-policy", "--policy", policy, "--reference", policy, "--reward-model", empty],
          f"--reward-model {empty}: not a model directory"),
     ]
     out = tmp_path / "o"

@@ -61,7 +61,7 @@ PYEOF
     B_KERNELS=90 B_BENCH=60 B_DPO=60 B_TRAIN=90
     KERNELS_ARGS=(--smoke)
     BENCH_ARGS=(--sizes 8,64 --device cpu)
-    DPO_ARGS=(--cases 2048:64:64:2 --repeats 1 --timeout 50)
+    DPO_ARGS=(--cases 32000:128:128:2 --repeats 1 --timeout 50)
     TRAIN_ARGS=(--smoke)
 else
     PY=${PYTHON:-python3}
