@@ -41,6 +41,30 @@ def load_scorer(path: str, device: str = "auto"):
     return model, tok, dev
 
 
+def length_sorted_batches(sequences: list[list[int]], pad_id: int, batch_size: int, desc: str,
+                          labels: list[list[int]] | None = None):
+    """Yield (indices, ids, mask, labels or None) of right-padded batches, longest sequences first (an
+    out-of-memory shows at the start), with a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n = len(sequences)
+    order = sorted(range(n), key=lambda i: len(sequences[i]), reverse=True)
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=n == 0):
+        idx = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        lab = torch.full((len(idx), width), -100, dtype=torch.long) if labels is not None else None
+        for row, i in enumerate(idx):
+            seq = sequences[i]
+            ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+            if lab is not None:
+                lab[row, :len(seq)] = torch.as_tensor(labels[i], dtype=torch.long)
+        yield idx, ids, mask, lab
+
+
 def score_sequences(model, sequences: list[list[int]], pad_id: int, batch_size: int, device,
                     desc: str = "scoring", labels: list[list[int]] | None = None) -> np.ndarray:
     """[N] float64 scores of token sequences, in length-sorted batches (right padding).
@@ -49,29 +73,15 @@ def score_sequences(model, sequences: list[list[int]], pad_id: int, batch_size: 
     tokens not to count): the causal LM's summed log-probability of the labelled tokens.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from fairhpc.models import sequence_logps, sequence_rewards
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    n = len(sequences)
-    out = np.empty(n, dtype=np.float64)
-    order = sorted(range(n), key=lambda i: len(sequences[i]), reverse=True)  # longest first: OOM shows early
+    out = np.empty(len(sequences), dtype=np.float64)
     with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=n == 0):
-            idx = order[start:start + batch_size]
-            width = max(len(sequences[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            lab = torch.full((len(idx), width), -100, dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq = sequences[i]
-                ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-                mask[row, :len(seq)] = 1
-                if labels is not None:
-                    lab[row, :len(seq)] = torch.as_tensor(labels[i], dtype=torch.long)
-            if labels is None:
+        for idx, ids, mask, lab in length_sorted_batches(sequences, pad_id, batch_size, desc, labels):
+            if lab is None:
                 r = sequence_rewards(model, ids.to(device), mask.to(device))
             else:
                 r = sequence_logps(model, ids.to(device), mask.to(device), lab.to(device))
@@ -157,22 +167,13 @@ class RewardModelScorer(Scorer):
 def _reward_parts(model, sequences, pad_id, batch_size, device, desc) -> dict:
     """Like score_sequences, with a moe head's expert scores and gate weights too."""
     import torch
-    from tqdm.auto import tqdm
 
     from fairhpc.models import reward_parts
 
     n = len(sequences)
-    order = sorted(range(n), key=lambda i: len(sequences[i]), reverse=True)
     out: dict = {}
     with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=n == 0):
-            idx = order[start:start + batch_size]
-            width = max(len(sequences[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, :len(sequences[i])] = torch.as_tensor(sequences[i], dtype=torch.long)
-                mask[row, :len(sequences[i])] = 1
+        for idx, ids, mask, _ in length_sorted_batches(sequences, pad_id, batch_size, desc):
             parts = reward_parts(model, ids.to(device), mask.to(device))
             for k, v in parts.items():
                 v = v.detach().double().cpu().numpy()
