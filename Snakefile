@@ -34,6 +34,7 @@ include: "rules/rlchf.smk"
 include: "rules/pg.smk"
 include: "rules/armo.smk"
 include: "rules/rm_compare.smk"
+include: "rules/online.smk"
 
 
 wildcard_constraints:
@@ -41,6 +42,7 @@ wildcard_constraints:
     dataset=r"[^/]+",
     point=r"[^/]+",
     grid=r"[^/]+",
+    loop=r"[^/]+",
     benchmark=r"[^/]+",
 
 

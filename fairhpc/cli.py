@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "fairhpc.evaluation.cli",    # eval-rm, eval-benchmark, eval-policy, best-of-n
     "fairhpc.evaluation.bench_cli",  # alpaca-eval, mt-bench, lm-eval, policy-bench-*
     "fairhpc.report",            # report
+    "fairhpc.online.cli",        # online-generate, online-score, online-pairs, online-eval, online-report
     "fairhpc.ops",               # build-ops
     "fairhpc.gridplan",          # grid-plan
     "fairhpc.hub",               # fetch-hub

@@ -97,6 +97,13 @@ PG_REWARD_INPUTS = ("auto", "response", "conversation")
 # the groups whose expected rewards are the allocation of fair policy gradient: each prompt, or each category
 PG_FAIR_GROUPS = ("prompt", "category")
 
+# Online iterative DPO / RAFT (fairhpc/online/, docs/online.md): what each iteration trains, which engine samples
+# the responses, which policy is the DPO reference, and how a prompt's scored samples become pairs
+ONLINE_ALGOS = ("dpo", "raft")
+GENERATE_ENGINES = ("hf", "vllm")
+ONLINE_REFERENCES = ("previous", "initial")
+PAIR_SELECTIONS = ("best_worst", "best_random", "all_pairs_top")
+
 # ArmoRM (fairhpc/armo/, docs/armo.md): the responses on which the verbosity penalties are chosen, and the dtype
 # in which the embed stage stores hidden states
 ARMO_REFERENCES = ("pairs_train", "ratings_train")

@@ -43,13 +43,18 @@ from pathlib import Path
 
 from fairhpc import layout
 from fairhpc.errors import ReportError
+from fairhpc.reporting.plots import mode_colors as _mode_colors
+from fairhpc.reporting.plots import panel_grid as _grid
+from fairhpc.reporting.plots import pyplot, save_png
+from fairhpc.reporting.stats import LEVEL, t_interval
+from fairhpc.reporting.stats import as_float as _num
+from fairhpc.reporting.stats import welch as _welch
 
 PLOTS = ("accuracy_vs_fairness.png", "fairness_over_training.png", "reward_by_category.png",
          "reward_vs_length.png")
 # written beside the tables and PLOTS when the runs form grid points
 SEED_TABLES = ("results_by_point.csv", "differences.csv")
 SEED_PLOTS = ("differences.png",)
-LEVEL = 0.95  # coverage of every interval over seeds
 # (x column, axis label) of the panels of accuracy_vs_fairness.png
 FAIRNESS_AXES = (("pairs_jain", "Jain's index across pairs (x = sigmoid(margin))"),
                  ("cat_jain", "Jain's index across categories (category means of x)"))
@@ -153,13 +158,6 @@ def _is_scalar(v) -> bool:
     return v is None or isinstance(v, (int, float, str, bool))
 
 
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 # -------------------------------------------------------------------------------------------- tables
 def results_frame(runs: list[dict]):
     import pandas as pd
@@ -239,20 +237,6 @@ EFFECTS = (
     ("win_rate", "win rate against the reference", "pct", 1),
     ("reward_mean", "RM reward of the policy", "f3", 1),
 )
-
-
-def t_interval(values, level: float = LEVEL) -> dict:
-    """Mean and Student-t interval over the finite ``values`` (one per seed): ``{"n", "mean", "sd", "half",
-    "lo", "hi"}`` with half = t(1/2 + level/2, n - 1) * sd / sqrt(n), sd with n - 1; no interval for n < 2."""
-    import numpy as np
-    from scipy import stats
-
-    x = np.array([v for v in (_num(v) for v in values) if math.isfinite(v)], dtype=float)
-    n = int(x.size)
-    mean = float(x.mean()) if n else math.nan
-    sd = float(x.std(ddof=1)) if n >= 2 else math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n >= 2 else math.nan
-    return {"n": n, "mean": mean, "sd": sd, "half": half, "lo": mean - half, "hi": mean + half}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -342,21 +326,6 @@ def points_frame(df, points: list[dict]):
                 rec[f"{c}_n"] = ci["n"]
         rows.append(rec)
     return pd.DataFrame(rows)
-
-
-def _welch(a: list[float], b: list[float]) -> dict:
-    """Interval of mean(a) - mean(b) for unpaired seeds (Welch), when pairing by seed is not possible."""
-    from scipy import stats
-
-    a = [x for x in a if math.isfinite(x)]
-    b = [x for x in b if math.isfinite(x)]
-    mean = (sum(a) / len(a) - sum(b) / len(b)) if a and b else math.nan
-    lo = hi = math.nan
-    if len(a) >= 2 and len(b) >= 2:
-        res = stats.ttest_ind(a, b, equal_var=False)
-        ci = res.confidence_interval(LEVEL)
-        lo, hi = float(ci.low), float(ci.high)
-    return {"n": min(len(a), len(b)), "mean": mean, "sd": math.nan, "half": (hi - lo) / 2, "lo": lo, "hi": hi}
 
 
 def verdict(ci: dict) -> str:
@@ -543,33 +512,6 @@ def _markdown(df, runs: list[dict], points: list[dict] | None = None, diffs: lis
 
 
 # --------------------------------------------------------------------------------------------- plots
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig, path: Path) -> None:
-    """Write a figure as PNG atomically (temporary file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def _mode_colors(modes) -> dict:
-    from fairhpc.registry import ALL_MODES
-
-    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
-    # a mode has the same colour in every plot, whichever modes a plot shows
-    order = list(ALL_MODES) + sorted(set(modes) - set(ALL_MODES))
-    return {m: palette[order.index(m) % len(palette)] for m in modes}
-
-
 def _single_points(df) -> list[dict]:
     """Every run its own point (a frame without grid points)."""
     return [{"name": str(r.get("run")), "mode": r.get("mode"), "runs": [i], "row": dict(r)}
@@ -736,17 +678,6 @@ def plot_fairness_over_training(runs: list[dict], path: Path, points: list[dict]
     plt.close(fig)
 
 
-def _grid(plt, n: int, w: float = 4.0, h: float = 3.2):
-    cols = min(3 if n <= 9 else 4, max(1, n))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
-    flat = [a for row in axes for a in row]
-    for a in flat[n:]:
-        a.axis("off")
-    return fig, flat
-
-
-# per-example value plotted per category, by evaluation kind: (value key, category key, axis label)
 _PER_CATEGORY = (("margin", "category", "r(chosen) - r(rejected)"),
                  ("policy_reward", "category", "RM reward of the policy's output"),
                  ("gap", "bias_type", "r(more stereotypical) - r(less)"))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from fairhpc import layout
 from fairhpc.errors import ReportError
+from fairhpc.reporting.tables import markdown_table, number_cell
 
 FILES = ("comparison.csv", "comparison.md", "comparison.png")
 KINDS = ("scalar", "moe", "pair_pm", "armo")  # the order of the rows and of the legend
@@ -289,16 +290,8 @@ def comparison_frame(runs: list[dict]):
     return pd.DataFrame(rows, columns=ident + first + rest)
 
 
-def _cell(v, fmt: str) -> str:
-    if not _scalar(v) or not math.isfinite(float(v)):
-        return "—"
-    return {"f4": f"{v:.4f}", "f3": f"{v:.3f}", "f1": f"{v:.1f}", "int": f"{v:.0f}"}[fmt]
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return out
+    return markdown_table(header, rows).splitlines()
 
 
 def _present(runs: list[dict], columns) -> list[tuple[str, str, str]]:
@@ -334,13 +327,13 @@ def markdown(runs: list[dict]) -> str:
     acc_cols = _present(runs, ACCURACY_COLUMNS)
     cat_cols = [(f"accuracy[{c}]", f"acc {c}", "f3") for c in cats]
     head = ["kind / mode", "n"] + [h for _, h, _ in acc_cols] + [h for _, h, _ in cat_cols]
-    body = [[row["label"], _cell(row.get("n"), "int")]
-            + [_cell(row.get(c), f) for c, _, f in acc_cols + cat_cols] for row in rows]
+    body = [[row["label"], number_cell(row.get("n"), "int")]
+            + [number_cell(row.get(c), f) for c, _, f in acc_cols + cat_cols] for row in rows]
     if len(data) == 1 and _scalar(rows[0].get("data_oracle_accuracy")):
         # the Bayes ceiling: what the true label probabilities of the synthetic pairs allow
         oracle = {"accuracy": rows[0]["data_oracle_accuracy"],
                   **{f"accuracy[{c}]": rows[0].get(f"data_oracle_accuracy[{c}]") for c in cats}}
-        body.append(["*Bayes ceiling of the data*", ""] + [_cell(oracle.get(c), f) if c in oracle else ""
+        body.append(["*Bayes ceiling of the data*", ""] + [number_cell(oracle.get(c), f) if c in oracle else ""
                                                             for c, _, f in acc_cols + cat_cols])
     lines += _table(head, body)
 
@@ -355,7 +348,7 @@ def markdown(runs: list[dict]) -> str:
     fair += [(k, k.replace("lan_f_categories", "Lan f cats τ=").replace("lan_f_pairs", "Lan f pairs τ=")
               .replace("[", "").replace("]", ""), "f4") for k in taus]
     lines += _table(["kind / mode"] + [h for _, h, _ in fair],
-                    [[row["label"]] + [_cell(row.get(c), f) for c, _, f in fair] for row in rows])
+                    [[row["label"]] + [number_cell(row.get(c), f) for c, _, f in fair] for row in rows])
 
     length = _present(runs, LENGTH_COLUMNS)
     if length:
@@ -365,7 +358,7 @@ def markdown(runs: list[dict]) -> str:
                   "are tokens as each kind's scorer counts them (they may differ by a constant between kinds, "
                   "which leaves the correlations unchanged)."), ""]
         lines += _table(["kind / mode"] + [h for _, h, _ in length],
-                        [[row["label"]] + [_cell(row.get(c), f) for c, _, f in length] for row in rows])
+                        [[row["label"]] + [number_cell(row.get(c), f) for c, _, f in length] for row in rows])
 
     gated = [r for r in runs if r["gate"]]
     if gated:
@@ -376,10 +369,10 @@ def markdown(runs: list[dict]) -> str:
             row, gate = r["row"], r["gate"]
             names = list(dict.fromkeys(n for ws in gate.values() for n in ws))
             lines += [f"### {row['label']}", ""]
-            body = [[cat] + [_cell(ws.get(n), "f3") for n in names] + [max(ws, key=ws.get) if ws else "—"]
+            body = [[cat] + [number_cell(ws.get(n), "f3") for n in names] + [max(ws, key=ws.get) if ws else "—"]
                     for cat, ws in gate.items()]
-            body.append(["overall"] + [_cell(row.get(f"gate[{n}]"), "f3") for n in names] + [""])
-            body.append(["objective acc"] + [_cell(row.get(f"objective_accuracy[{n}]"), "f3") for n in names]
+            body.append(["overall"] + [number_cell(row.get(f"gate[{n}]"), "f3") for n in names] + [""])
+            body.append(["objective acc"] + [number_cell(row.get(f"objective_accuracy[{n}]"), "f3") for n in names]
                         + [""])
             lines += _table(["category"] + names + ["top objective"], body) + [""]
     pair = [row for row in rows if any(_scalar(row.get(k)) for k in PAIRWISE_KEYS)]
@@ -388,7 +381,7 @@ def markdown(runs: list[dict]) -> str:
                   ("position consistency: both orders prefer the same response; position bias: mean "
                   "P(answer A) - 1/2."), ""]
         lines += _table(["kind / mode", "position consistency", "position bias A", "mean P(chosen)"],
-                        [[row["label"]] + [_cell(row.get(k), "f3") for k in PAIRWISE_KEYS] for row in pair])
+                        [[row["label"]] + [number_cell(row.get(k), "f3") for k in PAIRWISE_KEYS] for row in pair])
     lines += ["", "## Runs", ""]
     lines += _table(["kind / mode", "run directory", "kind from"],
                     [[row["label"], f"`{row['dir']}`", row["kind_source"]] for row in rows])

@@ -29,6 +29,8 @@ import yaml
 
 from fairhpc.errors import ReportError
 from fairhpc.io import atomic_write_json, atomic_write_text, read_jsonl
+from fairhpc.reporting.pareto import hypervolume, pareto_front
+from fairhpc.reporting.plots import pyplot, save_png
 from fairhpc.yamlio import load_yaml
 
 AXES = ("reward_mean", "logp_beta_mean")
@@ -61,26 +63,6 @@ def load_run(run: str | Path) -> dict:
             "worst_category_reward": ev.get("worst_category_reward"),
             "evals": [r for r in metrics if r.get("split") == "eval"],
             "trains": [r for r in metrics if r.get("split") == "train"]}
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point dominates (both coordinates maximised; ties are not dominance)."""
-    out = []
-    for i, (a, b) in enumerate(points):
-        if not any((c >= a and d >= b) and (c > a or d > b) for j, (c, d) in enumerate(points) if j != i):
-            out.append(i)
-    return out
-
-
-def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Area dominated by ``points`` above ``ref`` (both maximised)."""
-    front = sorted((points[i] for i in pareto_front(points)), key=lambda p: -p[0])
-    area, best_y = 0.0, ref[1]
-    for x, y in front:  # x decreasing, y increasing along the front
-        if y > best_y and x > ref[0]:
-            area += (x - ref[0]) * (y - best_y)
-            best_y = y
-    return area
 
 
 def _points(runs: list[dict]) -> list[dict]:
@@ -167,23 +149,8 @@ def _write_tables(result: dict, out: Path) -> None:
     atomic_write_text(out / "pg_results.md", "\n".join(lines) + "\n")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
-
-
 def _plot_pareto(result: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     colors = {"none": "tab:gray", "random": "tab:blue", "quantile": "tab:red", "adaptive": "tab:green"}
     markers = {"offpolicy": "o", "reinforce": "s", "ppo": "^"}
     worst = [p for p in result["points"] if "on_worst_group_front" in p]
@@ -224,12 +191,12 @@ def _plot_pareto(result: dict, path: Path) -> None:
         ax.set_ylabel("worst category's mean reward")
         ax.legend(fontsize=7, loc="best")
         ax.set_title("reward vs worst-group reward (both maximised)")
-    _save(fig, path)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
 
 
 def _plot_training(runs: list[dict], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for r in sorted(runs, key=lambda r: r["run"]):
         ev = r["evals"]
@@ -241,5 +208,5 @@ def _plot_training(runs: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
     axes[0].legend(fontsize=6)
-    _save(fig, path)
+    save_png(fig, path, dpi=120)
     plt.close(fig)

@@ -177,7 +177,8 @@ def comparison(eval_dirs: list[str], out_dir: str) -> list[dict]:
     import pandas as pd
 
     from fairhpc.io import atomic_write_text, check_output_dir
-    from fairhpc.report import pyplot, save_png
+    from fairhpc.reporting.plots import pyplot, save_png
+    from fairhpc.reporting.tables import markdown_table
 
     if not eval_dirs:
         raise ReportError("no evaluations given")
@@ -197,14 +198,13 @@ def comparison(eval_dirs: list[str], out_dir: str) -> list[dict]:
     df = pd.DataFrame(rows).sort_values(["task", "data", "mode", "seed"], kind="stable")
     atomic_write_text(out / "comparison.csv", df.to_csv(index=False))
     cols = [c for c in df.columns if c != "run"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        md.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    md = markdown_table(cols, [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+                               for _, r in df.iterrows()]).splitlines()
     mean = df.groupby(["task", "data", "mode"])[["mean_agreement", "worst_group_agreement"]].mean().reset_index()
-    md += ["", "Mean over seeds:", "", "| task | data | mode | mean agreement | worst-group agreement |",
-           "|---|---|---|---|---|"]
-    md += [f"| {r.task} | {r.data} | {r.mode} | {r.mean_agreement:.3f} | {r.worst_group_agreement:.3f} |"
-           for r in mean.itertuples()]
+    md += ["", "Mean over seeds:", ""]
+    md += markdown_table(["task", "data", "mode", "mean agreement", "worst-group agreement"],
+                         [[r.task, r.data, r.mode, f"{r.mean_agreement:.3f}", f"{r.worst_group_agreement:.3f}"]
+                          for r in mean.itertuples()]).splitlines()
     atomic_write_text(out / "comparison.md", "Agreement of each trained model with the persona judges' held-out "
                       "rankings (share of candidate pairs ordered as the judge does; worst = minimum over "
                       "persona groups).\n\n" + "\n".join(md) + "\n")
