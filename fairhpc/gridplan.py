@@ -85,6 +85,10 @@ def stage_jobs(plan: wf.Plan) -> list[dict]:
         out += [{"rule": "rlchf_candidates", "jobs": 2, "resources": rlchf["candidates"]["resources"]},
                 {"rule": "rlchf_rank", "jobs": 2, "resources": rlchf["judge"]["resources"]},
                 {"rule": "rlchf_eval_groups", "jobs": len(trained), "resources": rlchf["eval"]["resources"]}]
+    if cfg.get("online"):
+        from fairhpc.online.plan import OnlinePlan
+
+        out += OnlinePlan(cfg, plan.repo, plan).stage_jobs()
     return [s for s in out if s["jobs"]]
 
 

@@ -77,6 +77,14 @@ def items(plan) -> list[dict]:
         for split, parts in (ds.get("prepare") or {}).items():
             for p in parts:
                 add("dataset", p["source"], f"datasets.{name}.prepare.{split}")
+    for n, loop in enumerate(plan.config.get("online") or []):  # online DPO / RAFT loops (rules/online.smk)
+        where = f"online[{n}] ({loop['name']})"
+        for key in ("policy", "reward_model"):
+            add("model", loop.get(key), f"{where}.{key}")
+        prompts = loop.get("prompts") or {}
+        train = prompts.get("train")
+        for src in (train if isinstance(train, list) else [train]) + [prompts.get("eval")]:
+            add("dataset", src, f"{where}.prompts")
     return [{"kind": k, "name": n, "used_by": w} for (k, n), w in sorted(found.items())]
 
 

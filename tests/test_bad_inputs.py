@@ -115,6 +115,8 @@ RUN = ["output_dir={out}"]
 PAIRS = ["--data", "{t}/prefs.jsonl", "--out", "{out}"]
 EVAL_POLICY = ["--policy", "{t}/policy", "--reference", "{t}/policy", "--reward-model", "{t}/rm", "--out", "{out}"]
 BON = ["--policy", "{t}/policy", "--reward-model", "{t}/rm", "--out", "{out}"]
+GEN = ["--policy", "{t}/policy", "--iteration", "1", "--iterations", "1", "--out", "{out}/samples.jsonl"]
+OEVAL = ["--policy", "{t}/policy", "--reward-model", "{t}/rm", "--out", "{out}"]
 RANK = ["--candidates", "{t}/candidates.jsonl", "--personas", "{t}/personas.jsonl", "--out", "{out}/r.jsonl"]
 COMMANDS = {
     "config-help": [
@@ -307,6 +309,50 @@ COMMANDS = {
         ("embeddings missing", ["--out", "{out}", "--embeddings", "{t}/noemb"], "noemb"),
         ("embeddings empty", ["--out", "{out}", "--embeddings", "{t}/emptydir"], "emptydir"),
     ],
+    "online-generate": [
+        ("k one", [*GEN, "--prompts", "{t}/prefs.jsonl", "--k", "1"], "--k 1"),
+        ("iteration beyond", [*GEN[:2], "--iteration", "3", "--iterations", "2", "--prompts", "{t}/prefs.jsonl",
+                              "--out", "{out}/s.jsonl"], "--iteration 3"),
+        ("rm as policy", ["--policy", "{t}/rm", *GEN[2:], "--prompts", "{t}/prefs.jsonl"], "--policy"),
+        ("bad row", [*GEN, "--prompts", "{t}/notjson.jsonl"], "notjson.jsonl: line 2"),
+        ("too few prompts", [*GEN[:2], "--iteration", "1", "--iterations", "5", "--prompts", "{t}/prefs.jsonl",
+                             "--out", "{out}/s.jsonl"], "prefs.jsonl: 1 distinct prompts, but 5 iterations"),
+    ],
+    "online-score": [
+        ("policy as rm", ["--samples", "{t}/samples.jsonl", "--reward-model", "{t}/policy", "--out", "{out}/s.jsonl"],
+         "--reward-model"),
+        ("samples missing", ["--samples", "{t}/nosamples.jsonl", "--reward-model", "{t}/rm", "--out", "{out}/s.jsonl"],
+         "nosamples.jsonl: file not found"),
+        ("not samples", ["--samples", "{t}/prefs.jsonl", "--reward-model", "{t}/rm", "--out", "{out}/s.jsonl"],
+         "prefs.jsonl: line 1: no 'prompt_id', 'responses'"),
+        ("selection", ["--samples", "{t}/samples.jsonl", "--reward-model", "{t}/rm", "--selection", "best",
+                       "--out", "{out}/s.jsonl"], "--selection"),
+    ],
+    "online-pairs": [
+        ("margin negative", ["--scores", "{t}/scores.jsonl", "--margin", "-1", "--out", "{out}"], "--margin -1"),
+        ("scores missing", ["--scores", "{t}/noscores.jsonl", "--out", "{out}"], "noscores.jsonl: file not found"),
+        ("unscored samples", ["--scores", "{t}/samples.jsonl", "--out", "{out}"],
+         "samples.jsonl: line 1: no 'rewards or comparisons'"),
+        ("bad json", ["--scores", "{t}/allbad.jsonl", "--out", "{out}"], "allbad.jsonl: line 1: invalid JSON"),
+        ("all equal", ["--scores", "{t}/scores_equal.jsonl", "--out", "{out}"], "no preference pair left of 1 prompts"),
+    ],
+    "online-eval": [
+        ("samples zero", [*OEVAL, "--prompts", "{t}/prefs.jsonl", "--samples", "0"], "--samples"),
+        ("policy as rm", ["--policy", "{t}/policy", "--reward-model", "{t}/policy", "--prompts", "{t}/prefs.jsonl",
+                          "--out", "{out}"], "--reward-model"),
+        ("rm as policy", ["--policy", "{t}/rm", "--reward-model", "{t}/rm", "--prompts", "{t}/prefs.jsonl",
+                          "--out", "{out}"], "--policy"),
+        ("baseline not an eval", [*OEVAL, "--prompts", "{t}/prefs.jsonl", "--baseline", "{t}/emptydir"], "--baseline"),
+        ("bad row", [*OEVAL, "--prompts", "{t}/notjson.jsonl"], "notjson.jsonl: line 2"),
+    ],
+    "online-report": [
+        ("point missing", ["--points", "{t}/nopoint_seed0", "--initial", "{t}/emptydir", "--out", "{out}"],
+         "nopoint_seed0: no iter<i>/"),
+        ("not a point", ["--points", "{t}/emptydir", "--initial", "{t}/emptydir", "--out", "{out}"],
+         "emptydir: not a point directory"),
+        ("eval missing", ["--points", "{t}/pt_seed0", "--initial", "{t}/emptydir", "--out", "{out}"],
+         "has the iteration's online-eval run?"),
+    ],
     "report-rm-kinds": [
         ("runs missing", ["--runs", "{t}/norun", "--out", "{out}"], "norun"),
         ("run config dup", ["--runs", "{t}/dup_run", "--out", "{out}"], "appears twice (lines 1 and 3)"),
@@ -348,6 +394,12 @@ def _inputs(t):
     _file(t, "candidates_bad.jsonl", json.dumps(cand) + "\n" + json.dumps({**cand, "responses": ["a"]}) + "\n")
     _file(t, "rankings.jsonl", "")
     (t / "emptydir").mkdir()
+    sample = {"prompt_id": 0, "prompt": [{"role": "user", "content": "Say hi"}], "category": "a",
+              "responses": ["Hi", "Hello"]}
+    _file(t, "samples.jsonl", json.dumps(sample) + "\n")
+    _file(t, "scores.jsonl", json.dumps({**sample, "rewards": [1.0, 0.0]}) + "\n")
+    _file(t, "scores_equal.jsonl", json.dumps({**sample, "rewards": [0.5, 0.5]}) + "\n")
+    (t / "pt_seed0" / "iter1").mkdir(parents=True)
     _model_dir(t / "policy", "LlamaForCausalLM")
     _model_dir(t / "rm", "LlamaForSequenceClassification")
     (t / "dup_run").mkdir()

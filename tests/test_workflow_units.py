@@ -111,8 +111,9 @@ def test_every_workflow_config_of_the_systems_expands(path):
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "runs").glob("*.yaml")))
 def test_every_run_config_is_the_base_of_a_grid(path):
-    used = {g["base_config"] for p in [*EXPECTED, *WORKFLOW_CONFIGS]
-            for g in (DEFAULT if p == "config.yaml" else load(p))["grids"]}
+    """Each run config is the base of a grid or of an online loop (configs/runs/ holds no orphan)."""
+    cfgs = [DEFAULT if p == "config.yaml" else load(p) for p in [*EXPECTED, *WORKFLOW_CONFIGS]]
+    used = {g["base_config"] for c in cfgs for g in [*c["grids"], *(c.get("online") or [])]}
     assert path in used
 
 

@@ -32,7 +32,7 @@ def _generate(args) -> int:
     check_output_dir(os.path.dirname(args.out) or ".", "--out")
     info = generate_stage(args.policy, args.prompts, args.iteration, args.iterations, args.k, args.temperature,
                           args.top_p, args.max_new_tokens, args.seed, args.out, args.engine, args.batch_size,
-                          args.per_iteration, args.max_prompt_length, args.device)
+                          args.per_iteration, args.max_prompt_length, args.split, args.device)
     print(f"iteration {info['iteration']}: {info['k']} samples x {info['n_prompts']} prompts -> {args.out} "
           f"(mean length {info['mean_length']:.1f} tokens)")
     return 0
@@ -63,7 +63,7 @@ def _eval(args) -> int:
 
     s = eval_stage(args.policy, args.reward_model, args.prompts, args.out, args.baseline, args.tau,
                    args.max_new_tokens, args.batch_size, args.limit, args.max_prompt_length, args.samples,
-                   args.temperature, args.top_p, args.seed, args.device)
+                   args.temperature, args.top_p, args.seed, args.split, args.device)
     vs = f", gain {s['reward_gain']:+.4f}, win rate {s['win_rate']:.3f}" if "win_rate" in s else ""
     print(f"held-out reward {s['reward_mean']:.4f} over {s['n']} prompts{vs} -> {args.out}")
     return 0
@@ -108,6 +108,7 @@ def add_commands(sub) -> None:
     p.add_argument("--engine", choices=registry.GENERATE_ENGINES, default="hf")
     p.add_argument("--batch-size", type=_count("--batch-size", 1), default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="split of a hub dataset")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="samples.jsonl to write")
     p.set_defaults(func=_generate)
@@ -151,6 +152,7 @@ def add_commands(sub) -> None:
     p.add_argument("--temperature", type=_positive("--temperature"), default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", help="split of a hub dataset")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_eval)

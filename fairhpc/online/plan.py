@@ -43,6 +43,12 @@ def _fail(where: str, msg: str):
     raise wf.WorkflowConfigError(f"{where}: {msg}")
 
 
+def _fill(v, results: str):
+    if isinstance(v, list):
+        return [x.replace("{results}", results) for x in v]
+    return v.replace("{results}", results)
+
+
 def check_loop(where: str, loop: dict) -> None:
     """Settings that no job could run with, refused before anything is submitted."""
     n = loop["iterations"]
@@ -98,9 +104,13 @@ def expand(cfg: dict, repo: Path) -> list[dict]:
             _fail(where, f"a second loop named {loop['name']!r}")
         names.add(loop["name"])
         loop = {**loop, **{k: loop[k].replace("{results}", results) for k in ("policy", "reward_model")},
-                "prompts": {k: v.replace("{results}", results) for k, v in loop["prompts"].items()}}
+                "prompts": {k: _fill(v, results) for k, v in loop["prompts"].items()}}
         if not (Path(repo) / loop["base_config"]).is_file():
             _fail(f"{where}.base_config", f"{loop['base_config']}: file not found (relative to {repo})")
+        train = loop["prompts"]["train"]
+        if isinstance(train, list) and len(train) != loop["iterations"]:
+            _fail(f"{where}.prompts.train", f"{len(train)} prompt sources for {loop['iterations']} iterations: "
+                  "give one per iteration, or one source that the iterations share out")
         check_loop(where, loop)
         check_model_paths(where, loop)
         points = []
@@ -171,8 +181,14 @@ class OnlinePlan:
         """What the loop's first jobs wait for: runs of this workflow that make the initial policy or the
         reward model, and prompt files that its other rules make (under {results}/)."""
         lp = self.loops[loop]
-        made = [f for f in lp["prompts"].values() if f.startswith(f"{self.results}/")]
-        return self._dependency(lp["policy"]) + self._dependency(lp["reward_model"]) + made
+        files = [lp["prompts"]["eval"]] + (lp["prompts"]["train"] if isinstance(lp["prompts"]["train"], list)
+                                           else [lp["prompts"]["train"]])
+        made = [f for f in files if f.startswith(f"{self.results}/")]
+        return self._dependency(lp["policy"]) + self._dependency(lp["reward_model"]) + made + self._hub()
+
+    def _hub(self) -> list[str]:
+        """The hub fetch (rule fetch_hub) when the workflow fetches models and data sets first."""
+        return list(self.plan.hub_inputs().values()) if self.plan is not None else []
 
     def policy_before(self, loop: str, point: str, i: int) -> str:
         """Policy i-1: the loop's initial policy for i = 1."""
@@ -181,13 +197,16 @@ class OnlinePlan:
     def generate_inputs(self, loop: str, point: str, i: int) -> list[str]:
         if i == 1:
             return self.model_inputs(loop)
-        return [f"{self.point(loop, point).iter_dir(i - 1)}/train/{layout.SUMMARY}"]
+        return [f"{self.point(loop, point).iter_dir(i - 1)}/train/{layout.SUMMARY}", *self._hub()]
 
     def generate_args(self, loop: str, point: str, i: int) -> list:
         lp, p = self.loops[loop], self.point(loop, point)
         g = lp["generate"]
-        args = ["--policy", self.policy_before(loop, point, i), "--prompts", lp["prompts"]["train"],
-                "--iteration", i, "--iterations", lp["iterations"], "--k", g["k"],
+        train = lp["prompts"]["train"]
+        # one source per iteration (RLHFlow's iterative prompt sets), or one source split into N shards
+        src, it, n = (train[i - 1], 1, 1) if isinstance(train, list) else (train, i, lp["iterations"])
+        args = ["--policy", self.policy_before(loop, point, i), "--prompts", src, "--split",
+                lp["prompts"]["train_split"], "--iteration", it, "--iterations", n, "--k", g["k"],
                 "--temperature", g["temperature"], "--top-p", g["top_p"], "--max-new-tokens", g["max_new_tokens"],
                 "--engine", g["engine"], "--batch-size", g["batch_size"], "--seed", 1000 * p.seed + i]
         if lp["prompts_per_iteration"]:
@@ -224,7 +243,8 @@ class OnlinePlan:
     def eval_args(self, loop: str) -> list:
         lp = self.loops[loop]
         ev = lp["eval"]
-        args = ["--reward-model", lp["reward_model"], "--prompts", lp["prompts"]["eval"], "--tau", ev["tau"],
+        args = ["--reward-model", lp["reward_model"], "--prompts", lp["prompts"]["eval"], "--split",
+                lp["prompts"]["eval_split"], "--tau", ev["tau"],
                 "--max-new-tokens", ev["max_new_tokens"] or lp["generate"]["max_new_tokens"],
                 "--batch-size", ev["batch_size"], "--samples", ev["samples"], "--seed", ev["seed"],
                 "--temperature", lp["generate"]["temperature"], "--top-p", lp["generate"]["top_p"]]

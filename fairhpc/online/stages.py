@@ -37,13 +37,48 @@ def check_counts(k: int | None = None, iteration: int | None = None, iterations:
         raise ConfigError(f"--iteration {iteration}: must be in 1..{iterations}")
 
 
-def prompt_shard(source: str, iteration: int, iterations: int, per_iteration: int | None = None) -> list[dict]:
+def _prompt_messages(row: dict, where: str) -> list[dict]:
+    for key in ("prompt", "context_messages", "instruction"):
+        v = row.get(key)
+        if isinstance(v, str) and v.strip():
+            return [{"role": "user", "content": v}]
+        if isinstance(v, list) and v and all(isinstance(m, dict) and "role" in m and "content" in m for m in v):
+            return [{"role": m["role"], "content": m["content"]} for m in v]
+    raise DataError(f"{where}: no prompt: expected a non-empty 'prompt' (text or messages), "
+                    "'context_messages' or 'instruction'")
+
+
+def read_prompts(source: str, split: str | None = "train", limit: int | None = None) -> list[dict]:
+    """Distinct prompts of a source, in order: rows with ``prompt`` (text or chat messages; preference
+    files), ``context_messages`` (RLHFlow's iterative prompt sets) or ``instruction`` (AlpacaEval), each
+    {"prompt": messages, "category"} (``category``, else ``dataset``, else None)."""
+    from fairhpc.sources import iter_source
+
+    seen, out = set(), []
+    for r in iter_source(source, split):
+        if r.error is not None:
+            raise r.error
+        if not isinstance(r.value, dict):
+            raise DataError(f"{r.where}: expected an object")
+        msgs = _prompt_messages(r.value, r.where)
+        key = tuple((m["role"], m["content"]) for m in msgs)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({"prompt": msgs, "category": r.value.get("category", r.value.get("dataset"))})
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(f"{source}: no prompts")
+    return out
+
+
+def prompt_shard(source: str, iteration: int, iterations: int, per_iteration: int | None = None,
+                 split: str = "train") -> list[dict]:
     """Iteration i's prompts: rows (i-1)*P .. i*P-1 of the source's distinct prompts (P = per_iteration, or
     an equal share of all of them), each {"prompt_id", "prompt", "category"}."""
-    from fairhpc.evaluation.policy import load_prompts
-
     check_counts(iteration=iteration, iterations=iterations)
-    prompts, _ = load_prompts(source)
+    prompts = read_prompts(source, split, limit=per_iteration * iterations if per_iteration else None)
     n = len(prompts)
     per = per_iteration or n // iterations
     if per < 1 or per * iterations > n:
@@ -58,13 +93,13 @@ def prompt_shard(source: str, iteration: int, iterations: int, per_iteration: in
 def generate_stage(policy: str, prompts: str, iteration: int, iterations: int, k: int, temperature: float,
                    top_p: float, max_new_tokens: int, seed: int, out: str, engine: str = "hf", batch_size: int = 8,
                    per_iteration: int | None = None, max_prompt_length: int | None = None,
-                   device: str = "auto") -> dict:
+                   split: str = "train", device: str = "auto") -> dict:
     from fairhpc.online.generate import check_engine, sample
 
     check_counts(k, iteration, iterations)
     check_engine(engine, "--engine")
     check_policy(policy)
-    shard = prompt_shard(prompts, iteration, iterations, per_iteration)
+    shard = prompt_shard(prompts, iteration, iterations, per_iteration, split)
     texts, lengths = sample(policy, [p["prompt"] for p in shard], k, temperature, top_p, max_new_tokens, seed,
                             engine, batch_size, max_prompt_length, device)
     rows = [{**p, "responses": t, "lengths": n} for p, t, n in zip(shard, texts, lengths)]
@@ -89,12 +124,27 @@ def _data_cfg(reward_model: str):
     return data_config(find_run_config(reward_model))
 
 
-def _read_rows(path: str, option: str, maker: str) -> list[dict]:
+def _read_rows(path: str, option: str, maker: str, fields: tuple[str, ...] = ("prompt", "prompt_id", "responses"),
+               either: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a file an earlier stage wrote, each checked for the fields this stage reads (``either``:
+    at least one of them), so a wrong file is named with its line before any model is loaded."""
     if not Path(path).is_file():
         raise DataError(f"{option} {path}: file not found (written by `fairhpc {maker}`)")
-    rows = read_jsonl(path)
+    try:
+        rows = read_jsonl(path)
+    except ValueError as e:
+        raise DataError(f"{option} {e}") from None
     if not rows:
         raise DataError(f"{option} {path}: empty")
+    for line, r in enumerate(rows, 1):
+        missing = [f for f in fields if f not in r] if isinstance(r, dict) else list(fields)
+        if not missing and either and not any(f in r for f in either):
+            missing = [" or ".join(either)]
+        if missing:
+            raise DataError(f"{option} {path}: line {line}: no {', '.join(map(repr, missing))} "
+                            f"(not a file written by `fairhpc {maker}`)")
+        if not isinstance(r["responses"], list) or not all(isinstance(y, str) for y in r["responses"]):
+            raise DataError(f"{option} {path}: line {line}: 'responses' must be a list of texts")
     return rows
 
 
@@ -203,7 +253,7 @@ def pairs_stage(scores: str, out_dir: str, selection: str = "best_worst", margin
     response) for RAFT, plus pairs_stats.json with what was skipped and why."""
     from fairhpc.online.select import select_pairs
 
-    rows = _read_rows(scores, "--scores", "online-score")
+    rows = _read_rows(scores, "--scores", "online-score", either=("rewards", "comparisons"))
     if not math.isfinite(margin) or margin < 0:
         raise ConfigError(f"--margin {margin!r}: must be a finite number >= 0")
     # an empty response (EOS first) is no training target: it takes part in no pair
@@ -270,11 +320,11 @@ def fairness_by_category(rewards, categories, tau: float) -> dict:
 def eval_stage(policy: str, reward_model: str, prompts: str, out_dir: str, baseline: str | None = None,
                tau: float = -1.0, max_new_tokens: int = 64, batch_size: int = 16, limit: int | None = None,
                max_prompt_length: int | None = None, samples: int = 2, temperature: float = 1.0,
-               top_p: float = 1.0, seed: int = 0, device: str = "auto") -> dict:
+               top_p: float = 1.0, seed: int = 0, split: str = "test", device: str = "auto") -> dict:
     """``samples`` seeded samples of ``policy`` per held-out prompt, scored by the reward model (a prompt's
     reward: the mean over its samples); with ``baseline`` (the initial policy's eval directory) also the
     gain and win rate against its samples, sample j of a prompt against the initial policy's sample j."""
-    from fairhpc.evaluation.policy import generate, load_generator, load_prompts
+    from fairhpc.evaluation.policy import generate, load_generator
 
     if samples < 1:
         raise ConfigError(f"--samples {samples}: must be >= 1")
@@ -286,7 +336,7 @@ def eval_stage(policy: str, reward_model: str, prompts: str, out_dir: str, basel
         if not f.is_file():
             raise DataError(f"--baseline {baseline}: no {RESPONSES} (an online-eval directory of the initial policy)")
         base = read_jsonl(f)
-    ps, _ = load_prompts(prompts, limit=limit)
+    ps = read_prompts(prompts, split=split, limit=limit)
     if base is not None and (len(base) != len(ps) or any(len(b["responses"]) != samples for b in base)):
         raise DataError(f"--baseline {baseline}: its responses are not {samples} per prompt for the "
                         f"{len(ps)} held-out prompts of {prompts}; evaluate both with the same settings")
