@@ -592,9 +592,10 @@ class Plan:
 
 
 def ops_world_and_device(cfg: dict) -> tuple[int, str]:
-    """For `fairhpc build-ops`: the most processes of any grid's training job, and cuda if any has GPUs."""
+    """For `fairhpc build-ops`: the most processes of any grid's or online loop's training job, and cuda if
+    any has GPUs."""
     world, gpus = 1, 0
-    for grid in cfg.get("grids") or []:
+    for grid in [*(cfg.get("grids") or []), *(cfg.get("online") or [])]:  # an online loop trains too
         train = (grid.get("resources") or {}).get("train") or {}
         world = max(world, int(train.get("nodes") or 1) * int(train.get("tasks_per_node") or 1))
         gpus = max(gpus, int(train.get("gpus") or 0))
@@ -604,6 +605,8 @@ def ops_world_and_device(cfg: dict) -> tuple[int, str]:
 def plan(cfg: dict, repo: Path) -> Plan:
     """Check the workflow config (schema defaults are filled into `cfg`) and expand its grids."""
     check_schema(cfg, repo)
+    if not cfg["grids"] and not cfg.get("online"):
+        raise WorkflowConfigError("grids: empty, and no online loops: the config has nothing to run")
     runs, grids = build_runs(cfg, repo)
     p = Plan(cfg, Path(repo), runs, grids)
     if p.hub["offline"] and not p.hub["fetch"]:

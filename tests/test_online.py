@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def test_plan_expands_points_iterations_and_the_reference_choice():
 
 
 def test_raft_trains_by_sft_on_the_best_responses():
-    plan = _plan(_loop(algo="raft", modes={"sft": {}}, base_config="configs/runs/online_raft_tiny.yaml"))
+    plan = _plan(_loop(algo="raft", modes={"sft": {}}, base_config="configs/runs/online_raft_sft_tiny.yaml"))
     cmd = plan.train_command("online-dpo", "sft_seed0", 2)
     assert cmd[0] == "train-sft" and any(a.endswith("iter2/sft.jsonl") for a in cmd)
     assert not any(a.startswith("model.ref_name_or_path") for a in cmd)
@@ -239,3 +240,80 @@ def test_one_iteration_of_stages_improves_the_judges_heldout_reward(models, tmp_
     ev = json.loads((it / "eval/summary.json").read_text())
     assert ev["reward_gain"] > 0.2 and ev["win_rate"] > 0.6 and ev["improved"], ev
     assert set(ev["reward_by_category"]) == {"helpful", "honest", "harmless"} and 0 < ev["f_category"] <= 1
+
+
+# ------------------------------------------------------------------------------------ the workflow
+def _workflow_config(models, path):
+    """A loop of 2 iterations on the fixture's models (no grid: the loop starts from models on disk)."""
+    loop = {"name": "loop", "algo": "dpo", "policy": str(models / "sft/final"), "reward_model": str(models / "rm/final"),
+            "prompts": {"train": str(models / "data/train.jsonl"), "eval": str(models / "data/eval.jsonl")},
+            "base_config": "configs/runs/online_dpo_tiny.yaml", "iterations": 2, "prompts_per_iteration": 32,
+            "eval_prompts": 16, "seeds": [0], "modes": {"fr": {"alpha": [0.1], "tau": [-1]}},
+            "generate": {"k": 4, "max_new_tokens": 12, "batch_size": 32},
+            "eval": {"samples": 2, "max_new_tokens": 12, "batch_size": 32}}
+    path.write_text(yaml.safe_dump({"grids": [], "online": [loop]}, sort_keys=False))
+    return path
+
+
+def _smk(*args, wd, timeout=900, popen=False):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
+    cmd = ["timeout", str(timeout), sys.executable, "-m", "snakemake", "--cores", "1", "-d", str(wd), *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_workflow_killed_in_iteration_two_reruns_nothing_of_iteration_one(models, tmp_path):
+    """The loop through Snakemake, killed (SIGKILL to the whole process group) once iteration 2 is under way,
+    then started again with --rerun-incomplete: no job of iteration 1 runs again, and the final policy and
+    its evaluation equal those of an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = _workflow_config(models, tmp_path / "loop.yaml")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    point = "results/online/loop/fr_alpha0.1_tau-1_seed0"
+    proc = _smk("--configfile", str(cfg), wd=killed, popen=True)
+    started = killed / point / "iter2" / "samples.jsonl"
+    t0 = time.time()
+    while not started.exists():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() - t0 < 600, "iteration 2 never started"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / point / "iter2" / "eval" / "summary.json").exists()  # killed before iteration 2 ended
+    first = {p: p.stat().st_mtime_ns for p in (killed / point / "iter1").rglob("*") if p.is_file()}
+    first |= {p: p.stat().st_mtime_ns for p in (killed / "results/online/loop/initial_eval").rglob("*")}
+    assert killed / point / "iter1/train/final/model.safetensors" in first
+
+    _smk("--unlock", "--configfile", str(cfg), wd=killed)
+    out = _smk("--configfile", str(cfg), "--rerun-incomplete", wd=killed)
+    reran = re.findall(r"wildcards: .*iter=(\d+)", out)
+    assert reran and set(reran) == {"2"}, out[-3000:]  # only iteration 2's jobs ran again
+    assert "rule online_initial_eval" not in out
+    assert {p: p.stat().st_mtime_ns for p in first} == first  # nothing of iteration 1 was rewritten
+
+    _smk("--configfile", str(cfg), wd=clean)
+    a = load_file(str(killed / point / "iter2/train/final/model.safetensors"))
+    b = load_file(str(clean / point / "iter2/train/final/model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    ea, eb = (json.loads((d / point / "iter2/eval/summary.json").read_text()) for d in (killed, clean))
+    assert ea["reward_mean"] == eb["reward_mean"] and ea["win_rate"] == eb["win_rate"]
+    report = (killed / "results/reports/online/loop/online_results.md").read_text()
+    assert "fr" in report and (killed / "results/reports/online/loop/online.png").stat().st_size > 1000

@@ -6,6 +6,7 @@ root); skipped otherwise, with the reason.  Everything goes through `snakemake -
 repository root, as in the README.
 """
 
+import copy
 import json
 import os
 import re
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 UP, DOWN = REPO / "scripts" / "slurm" / "up.sh", REPO / "scripts" / "slurm" / "down.sh"
 DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
 PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["default-resources"]
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 pytestmark = pytest.mark.slow
 
@@ -93,37 +95,46 @@ def sacct_when_recorded(job_ids, timeout: float = 120.0) -> list[dict]:
         time.sleep(2)
 
 
-def test_embedded_default_grid_through_the_slurm_profile(slurm, tmp_path):
-    # the embedded default grid with fewer synthetic pairs (CI time); everything else as in config.yaml
+def test_both_tasks_of_the_default_grid_through_the_slurm_profile(slurm, tmp_path):
+    """The embedded default's two grids, cut to two points each and fewer synthetic pairs (CI time; the full
+    grid is `make demo`): everything else, base configs, resources, the DPO judges, as in config.yaml."""
+    grids = copy.deepcopy(DEFAULT["grids"])
+    for g in grids:
+        g["seeds"] = [0]
+        keep = ("bt", "fc") if g["task"] == "rm" else ("dpo", "fr")
+        g["modes"] = {m: ({k: v[:1] for k, v in spec.items()} if spec else spec)
+                      for m, spec in g["modes"].items() if m in keep}
     small = tmp_path / "small.yaml"
-    small.write_text(yaml.safe_dump({"datasets": {"synthetic": {"make": {"n_train": 480, "n_eval": 160}}}}))
+    small.write_text(yaml.safe_dump({"datasets": {"synthetic": {"make": {"n_train": 480, "n_eval": 160}}},
+                                     "grids": grids}))
     res = snakemake_slurm(tmp_path / "wd", "--configfile", str(small))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     jobs = submitted_jobs(out)
     # local rules (data, ops, reports) run on the submit host; training and evaluation are SLURM jobs:
-    # 10 reward models (trained and scored in one job) + 8 DPO policies (trained, then evaluated); the 8 DPO
+    # 2 reward models (trained and scored in one job) + 2 DPO policies (trained, then evaluated); the 2 DPO
     # evaluations are rule runs of the group `evaluation`, 2 per allocation (profile group-components):
-    # 18 + 4 SLURM jobs for 26 rule runs
-    assert len(jobs) == len(set(jobs)) == 22, out[-3000:]
-    assert out.count("rule evaluate:") == 8 and out.count("Group job evaluation") == 4, out[-3000:]
+    # 4 + 1 SLURM jobs for 6 rule runs
+    assert len(jobs) == len(set(jobs)) == 5, out[-3000:]
+    assert out.count("rule evaluate:") == 2 and out.count("Group job evaluation") == 1, out[-3000:]
     rows = sacct_when_recorded(jobs)
     assert {r["state"] for r in rows} == {"COMPLETED"}, rows
     assert {r["partition"] for r in rows} == {PROFILE["slurm_partition"]}
     assert {r["account"] for r in rows} == {PROFILE["slurm_account"]}
     results = tmp_path / "wd" / "results"
     summaries = list((results / "runs").glob("*/tiny/synthetic/*/summary.json"))
-    assert len(summaries) == 18
+    assert sorted(p.parent.name for p in summaries) == ["bt_seed0", "dpo_seed0", "fc_gamma0.5_tau-1_seed0",
+                                                       "fr_alpha0.1_tau-1_seed0"]
     for task in ("rm", "dpo"):
         table = (results / "reports" / task / "tiny" / "synthetic" / "results.csv").read_text().splitlines()
-        assert len(table) == 1 + (10 if task == "rm" else 8)
+        assert len(table) == 1 + 2
         for png in ("accuracy_vs_fairness.png", "fairness_over_training.png", "reward_by_category.png"):
             assert (results / "reports" / task / "tiny" / "synthetic" / png).stat().st_size > 1000
     # every reward model beats chance on the 160 held-out pairs: 0.6 is 2.5 standard deviations of a coin's
     # accuracy above 0.5 (the labels follow a Bradley-Terry model whose Bayes accuracy is about 0.84)
     accs = [json.loads(p.read_text())["eval"]["accuracy"] for p in (results / "runs" / "rm").rglob("summary.json")
             if p.parent.name != "eval"]
-    assert min(accs) > 0.6, accs
+    assert len(accs) == 2 and min(accs) > 0.6, accs
 
 
 TIME_LIMIT_CFG = {
