@@ -51,11 +51,21 @@ def test_commands_registered():
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    for k, v in OFFLINE.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+@pytest.fixture(scope="module", autouse=True)
+def _offline():
+    """Offline for the whole module: set before the module-scoped fixtures below run (a function-scoped
+    fixture would come after them), and the hub never waited on."""
+    import datasets
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in OFFLINE.items():
+            mp.setenv(k, v)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        # both libraries read the variable once, at import (already done by this module's imports)
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -55,14 +55,31 @@ def pick(rewards: Sequence[float], selection: str, seed: int = 0, prompt_id: int
     return [(best, j, float(r[best] - r[j])) for j in below], None, ties
 
 
+def pair_counts(prompts: int) -> dict:
+    """The counters of a pair selection, all zero: what was kept, skipped (and why) and dropped."""
+    return {"prompts": prompts, "pairs": 0, "prompts_with_pairs": 0, "skipped_all_equal": 0,
+            "skipped_margin": 0, "ties_dropped": 0, "pairs_below_margin": 0}
+
+
+def keep_above_margin(pairs: list[tuple], margin: float, out: list, counts: dict) -> None:
+    """The margin filter on one prompt's pairs (each tuple's last item its gap): the kept ones go to
+    ``out``; a prompt left without pairs is counted as ``skipped_margin``."""
+    kept = [x for x in pairs if x[-1] >= margin]
+    counts["pairs_below_margin"] += len(pairs) - len(kept)
+    if not kept:
+        counts["skipped_margin"] += 1
+        return
+    counts["prompts_with_pairs"] += 1
+    out += kept
+
+
 def select_pairs(rewards: Sequence[Sequence[float]], selection: str, margin: float = 0.0, seed: int = 0,
                  prompt_ids: Sequence[int] | None = None) -> tuple[list[tuple[int, int, int, float]], dict]:
     """Pairs of every prompt, the margin filter applied: ([(prompt, chosen, rejected, gap)], counts)."""
     if not math.isfinite(margin) or margin < 0:
         raise ValueError(f"pairs.margin must be a finite number >= 0, got {margin!r}")
     out: list[tuple[int, int, int, float]] = []
-    counts = {"prompts": len(rewards), "pairs": 0, "prompts_with_pairs": 0, "skipped_all_equal": 0,
-              "skipped_margin": 0, "ties_dropped": 0, "pairs_below_margin": 0}
+    counts = pair_counts(len(rewards))
     for p, r in enumerate(rewards):
         pid = p if prompt_ids is None else prompt_ids[p]
         pairs, skipped, ties = pick(r, selection, seed, pid)
@@ -70,13 +87,7 @@ def select_pairs(rewards: Sequence[Sequence[float]], selection: str, margin: flo
         if skipped:
             counts[f"skipped_{skipped}"] += 1
             continue
-        kept = [(p, c, j, g) for c, j, g in pairs if g >= margin]
-        counts["pairs_below_margin"] += len(pairs) - len(kept)
-        if not kept:
-            counts["skipped_margin"] += 1
-            continue
-        counts["prompts_with_pairs"] += 1
-        out += kept
+        keep_above_margin([(p, c, j, g) for c, j, g in pairs], margin, out, counts)
     counts["pairs"] = len(out)
     return out, counts
 

@@ -225,8 +225,9 @@ def score_stage(samples: str, reward_model: str, out: str, selection: str = "bes
 
 
 def _pairwise_pairs(rows, margin):
-    out, counts = [], {"prompts": len(rows), "pairs": 0, "prompts_with_pairs": 0, "skipped_all_equal": 0,
-                       "skipped_margin": 0, "ties_dropped": 0, "pairs_below_margin": 0}
+    from fairhpc.online.select import keep_above_margin, pair_counts
+
+    out, counts = [], pair_counts(len(rows))
     for p, r in enumerate(rows):
         cmp = r["comparisons"]
         if sum(1 for y in r["responses"] if y.strip()) < 2:
@@ -236,13 +237,7 @@ def _pairwise_pairs(rows, margin):
             continue
         pairs = [(p, i, j, z) for i, j, z in cmp if z > 0]
         counts["ties_dropped"] += len(cmp) - len(pairs)
-        kept = [x for x in pairs if x[3] >= margin]
-        counts["pairs_below_margin"] += len(pairs) - len(kept)
-        if not kept:
-            counts["skipped_margin"] += 1
-            continue
-        counts["prompts_with_pairs"] += 1
-        out += kept
+        keep_above_margin(pairs, margin, out, counts)
     counts["pairs"] = len(out)
     return out, counts
 
