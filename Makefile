@@ -13,7 +13,7 @@ BIN        := $(abspath $(VENV))/bin
 PIP        := $(BIN)/python -m pip install -q -c $(abspath $(CONSTRAINTS))
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test lint bench clean lock
+.PHONY: install demo test test-fast lint bench clean lock
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ demo: install
 	snakemake --cores $(CORES)
 
 test: install
-	# two workers (this machine's cores); each test file runs whole on one worker (shared fixtures train once)
-	python -m pytest -q -n 2 --dist loadfile
+	# three workers on two cores: the third runs while the others wait on subprocesses, Snakemake and SLURM;
+	# each test file runs whole on one worker (shared fixtures train once), longest files first (tests/conftest.py)
+	python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
+
+# the everyday loop: every test but the long integration runs (marked slow: SLURM, whole workflows)
+test-fast: install
+	python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: install
 	snakemake --lint

@@ -125,6 +125,7 @@ def test_inspect_lock_states(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- real builds and runs
+@pytest.mark.slow  # a real DeepSpeed op build (C++ compile, minutes)
 def test_killed_build_leaves_a_lock_and_the_next_two_rank_run_takes_it_over(tmp_path):
     """The issue's scenario: a build killed while it holds torch's lock, then a real 2-rank CPU run."""
     ext = tmp_path / "ext"  # set explicitly: even a broken set-up never builds into the user's cache
@@ -181,6 +182,7 @@ def _second_env(tmp_path: Path) -> str:
     return str(venv / "bin" / "python")
 
 
+@pytest.mark.slow  # a real DeepSpeed op build (C++ compile, minutes)
 def test_two_environments_keep_their_own_ops_and_never_rebuild_each_other(tmp_path):
     env = _env(tmp_path)
     pythons = {"a": sys.executable, "b": _second_env(tmp_path)}
