@@ -28,14 +28,16 @@ install: $(VENV)/.installed
 demo: install
 	snakemake --cores $(CORES)
 
-test: install
-	# three workers on two cores: the third runs while the others wait on subprocesses, Snakemake and SLURM;
-	# each test file runs whole on one worker (shared fixtures train once), longest files first (tests/conftest.py)
-	python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
+# three workers on two cores: the third runs while the others wait on subprocesses, Snakemake and SLURM;
+# each test file runs whole on one worker (shared fixtures train once), longest files first (tests/conftest.py)
+PYTEST     := python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
 
-# the everyday loop: every test but the long integration runs (marked slow: SLURM, whole workflows)
+test: install
+	$(PYTEST)
+
+# the everyday loop: every test but the long integration runs (marked slow: SLURM, whole workflows, op builds)
 test-fast: install
-	python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	snakemake --lint
